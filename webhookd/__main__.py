@@ -1,0 +1,7 @@
+"""`python -m webhookd`: the same as the `webhookd` command."""
+
+import sys
+
+from webhookd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,63 @@
+"""The management API: an aiohttp application with one module per resource."""
+
+from __future__ import annotations
+
+import hmac
+
+from aiohttp import web
+
+from webhookd.api import deliveries, endpoints, events, ops
+from webhookd.api.context import STATE, State
+from webhookd.api.errors import ApiError, Handler, error_middleware, error_response
+
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    config = request.app[STATE].config
+    if not config.api_keys:
+        return await handler(request)
+    path = request.path
+    if path in PUBLIC_PATHS or (path == "/metrics" and not config.metrics.require_auth):
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return error_response(
+            ApiError(
+                401,
+                "send an API key as Authorization: Bearer <key>",
+                headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
+            )
+        )
+    presented = token.strip().encode()
+    match = None
+    # Compare against every key, always, so timing says nothing about which one is close.
+    for key in config.api_keys:
+        if hmac.compare_digest(presented, key.key.encode()) and match is None:
+            match = key
+    if match is None:
+        return error_response(
+            ApiError(
+                401,
+                "the API key is not valid",
+                headers={"WWW-Authenticate": 'Bearer realm="webhookd", error="invalid_token"'},
+            )
+        )
+    request["api_key"] = match
+    return await handler(request)
+
+
+def create_app(state: State) -> web.Application:
+    limits = state.config.limits
+    app = web.Application(
+        middlewares=[error_middleware, auth_middleware],
+        client_max_size=max(limits.max_batch_bytes, limits.max_payload_bytes) + (1 << 20),
+    )
+    app[STATE] = state
+    app.add_routes(ops.routes())
+    app.add_routes(events.routes())
+    app.add_routes(endpoints.routes())
+    app.add_routes(deliveries.routes())
+    return app

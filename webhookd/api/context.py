@@ -1,0 +1,45 @@
+"""What the request handlers share: the config in force, the store, the dispatcher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from webhookd.config import ApiKey, Config
+from webhookd.store.sqlite import SQLiteStore
+
+if TYPE_CHECKING:
+    from webhookd.dispatcher import Dispatcher
+
+
+@dataclass
+class State:
+    config: Config
+    store: SQLiteStore
+    dispatcher: Dispatcher | None = None
+    starting: bool = True
+    stopping: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+STATE: web.AppKey[State] = web.AppKey("webhookd_state", State)
+ANY_TENANT: Any = ...
+
+
+def state(request: web.Request) -> State:
+    return request.app[STATE]
+
+
+def api_key(request: web.Request) -> ApiKey | None:
+    key: ApiKey | None = request.get("api_key")
+    return key
+
+
+def scope(request: web.Request) -> Any:
+    """The tenant the caller is limited to, or ANY_TENANT for an unscoped caller."""
+    key = api_key(request)
+    if key is None or key.tenant is None:
+        return ANY_TENANT
+    return key.tenant

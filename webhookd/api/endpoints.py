@@ -1,0 +1,439 @@
+"""Endpoints: create, list, get, patch, delete, and their secrets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from yarl import URL
+
+from webhookd import signing
+from webhookd.api import serialize
+from webhookd.api.context import ANY_TENANT, scope, state
+from webhookd.api.errors import ApiError, json_response
+from webhookd.api.validate import (
+    HEADER_NAME_RE,
+    Problems,
+    boolean,
+    number,
+    page_json,
+    paging,
+    query,
+    query_bool,
+    read_json,
+    require_object,
+    string,
+    string_map,
+    unknown_fields,
+)
+from webhookd.config import EVENT_TYPE_RE, TENANT_RE, Config
+from webhookd.formats import FORMATS
+from webhookd.store.models import Endpoint, NotFound
+from webhookd.store.sqlite import SQLiteStore
+
+BODY_LIMIT = 1 << 20
+MUTABLE = (
+    "url",
+    "events",
+    "tenant",
+    "description",
+    "metadata",
+    "active",
+    "signature",
+    "format",
+    "headers",
+    "delay_s",
+    "rate_limit_per_s",
+    "max_in_flight",
+    "ordered",
+)
+RESERVED_HEADERS = {
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "transfer-encoding",
+    "connection",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+}
+
+
+def check_url(value: Any, config: Config, problems: Problems) -> str | None:
+    loc = ("body", "url")
+    text = string(value, loc, problems, max_len=2048, min_len=1)
+    if text is None:
+        return None
+    try:
+        url = URL(text)
+    except (ValueError, TypeError):
+        problems.add(loc, "expected an absolute http(s) URL")
+        return None
+    if url.scheme not in ("http", "https") or not url.host or any(c.isspace() for c in text):
+        problems.add(loc, "expected an absolute https URL such as https://example.com/hooks")
+        return None
+    if url.user or url.password:
+        problems.add(loc, "credentials in the URL are not allowed; use custom headers")
+        return None
+    if url.scheme == "http" and config.security.https_only:
+        problems.add(
+            loc,
+            "https is required; set security.https_only: false in the config to allow http",
+        )
+        return None
+    return text
+
+
+def check_events(value: Any, store: SQLiteStore, problems: Problems) -> list[str] | None:
+    loc = ("body", "events")
+    if not isinstance(value, list) or not value:
+        problems.add(loc, 'expected a non-empty list of event types or patterns, e.g. ["*"]')
+        return None
+    if len(value) > 250:
+        problems.add(loc, "expected at most 250 entries")
+        return None
+    out: list[str] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            problems.add((*loc, i), "expected a string")
+            continue
+        if item == "*":
+            out.append(item)
+            continue
+        name = item[:-2] if item.endswith(".*") else item
+        if not EVENT_TYPE_RE.match(name) or len(item) > 200:
+            problems.add((*loc, i), "expected *, a prefix pattern such as call.* or a type name")
+            continue
+        if not item.endswith(".*") and not store.has_event_type(item):
+            problems.add(
+                (*loc, i),
+                f"unknown event type {item!r}; add it with POST /v1/event-types or in the "
+                "config's event_types",
+            )
+            continue
+        if item not in out:
+            out.append(item)
+    return out
+
+
+def check_signature(value: Any, problems: Problems) -> signing.SignatureSpec | None:
+    loc = ("body", "signature")
+    if not isinstance(value, dict):
+        problems.add(loc, 'expected an object such as {"scheme": "standard"}')
+        return None
+    start = len(problems.items)
+    unknown_fields(value, ("scheme", "header", "timestamp_header"), problems, loc)
+    scheme = value.get("scheme", "standard")
+    if scheme not in signing.SCHEMES:
+        problems.add((*loc, "scheme"), f"expected one of {', '.join(signing.SCHEMES)}")
+        return None
+    names: dict[str, str | None] = {}
+    for key in ("header", "timestamp_header"):
+        raw = value.get(key)
+        if raw is None:
+            names[key] = None
+            continue
+        if not isinstance(raw, str) or not HEADER_NAME_RE.match(raw):
+            problems.add((*loc, key), "expected an HTTP header name")
+            continue
+        if raw.lower() in RESERVED_HEADERS:
+            problems.add((*loc, key), f"{raw} is set by webhookd itself")
+            continue
+        names[key] = raw
+    if len(problems.items) > start:
+        return None
+    if names["header"] and scheme in ("standard", "none"):
+        problems.add((*loc, "header"), f"the {scheme} scheme has no configurable header")
+        return None
+    if names["timestamp_header"] and scheme != "hmac-sha256-timestamped":
+        problems.add((*loc, "timestamp_header"), "only hmac-sha256-timestamped uses it")
+        return None
+    spec = signing.SignatureSpec(
+        scheme=scheme, header=names["header"], timestamp_header=names["timestamp_header"]
+    )
+    if (
+        spec.signature_header
+        and spec.ts_header
+        and (spec.signature_header.lower() == spec.ts_header.lower())
+    ):
+        problems.add((*loc, "timestamp_header"), "must differ from header")
+        return None
+    return spec
+
+
+def check_secret(value: Any, scheme: str, problems: Problems) -> str | None:
+    loc = ("body", "secret")
+    text = string(value, loc, problems, max_len=256)
+    if text is None:
+        return None
+    if scheme == "standard":
+        try:
+            signing.decode_standard_secret(text)
+        except ValueError as exc:
+            problems.add(loc, f"expected whsec_ followed by base64 of 24-64 bytes: {exc}")
+            return None
+    elif len(text) < 16:
+        problems.add(loc, "expected at least 16 characters")
+        return None
+    if any(c in text for c in "\r\n"):
+        problems.add(loc, "line breaks are not allowed")
+        return None
+    return text
+
+
+def check_format(value: Any, problems: Problems) -> str | list[str] | None:
+    loc = ("body", "format")
+    if isinstance(value, str):
+        if value not in FORMATS:
+            problems.add(loc, f"expected one of {', '.join(FORMATS)} or a list of them")
+            return None
+        return value
+    if (
+        isinstance(value, list)
+        and 0 < len(value) <= len(FORMATS)
+        and all(isinstance(v, str) and v in FORMATS for v in value)
+        and len(set(value)) == len(value)
+    ):
+        return list(value)
+    problems.add(loc, f"expected one of {', '.join(FORMATS)} or a list of distinct ones")
+    return None
+
+
+def check_headers(
+    value: Any, spec: signing.SignatureSpec, problems: Problems
+) -> dict[str, str] | None:
+    loc = ("body", "headers")
+    headers = string_map(value, loc, problems, max_items=20, max_len=4096)
+    if headers is None:
+        return None
+    reserved = RESERVED_HEADERS | set(spec.header_names())
+    ok = True
+    seen: set[str] = set()
+    for name, val in headers.items():
+        if not HEADER_NAME_RE.match(name):
+            problems.add((*loc, name), "expected an HTTP header name (letters, digits, - and _)")
+            ok = False
+        elif name.lower() in reserved:
+            problems.add((*loc, name), f"{name} is set by webhookd and cannot be overridden")
+            ok = False
+        elif name.lower() in seen:
+            problems.add((*loc, name), "given twice with different case")
+            ok = False
+        elif any(c in val for c in "\r\n\x00"):
+            problems.add((*loc, name), "header values cannot contain CR, LF or NUL")
+            ok = False
+        seen.add(name.lower())
+    return headers if ok else None
+
+
+def check_tenant(value: Any, request: web.Request, problems: Problems) -> str | None:
+    if value is not None and (not isinstance(value, str) or not TENANT_RE.match(value)):
+        problems.add(("body", "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
+        return None
+    limited = scope(request)
+    if limited is not ANY_TENANT and value != limited:
+        raise ApiError(403, f"this API key may only use tenant {limited!r}")
+    tenant: str | None = value
+    return tenant
+
+
+def validate_fields(
+    body: dict[str, Any], request: web.Request, *, creating: bool, current: Endpoint | None
+) -> dict[str, Any]:
+    """Checked column values for the fields present in `body`."""
+    st = state(request)
+    config, store = st.config, st.store
+    problems = Problems()
+    allowed = (*MUTABLE, "secret") if creating else MUTABLE
+    unknown_fields(body, allowed, problems)
+    if not creating and "secret" in body:
+        problems.items[-1:] = []
+        problems.add(("body", "secret"), "use POST /v1/endpoints/{id}/secret/rotate")
+    out: dict[str, Any] = {}
+    if creating and "url" not in body:
+        problems.add(("body", "url"), "field required")
+    if "url" in body:
+        out["url"] = check_url(body["url"], config, problems)
+    if "events" in body:
+        out["events"] = check_events(body["events"], store, problems)
+    if "tenant" in body:
+        out["tenant"] = check_tenant(body["tenant"], request, problems)
+    elif creating:
+        limited = scope(request)
+        out["tenant"] = None if limited is ANY_TENANT else limited
+    if "description" in body:
+        out["description"] = string(body["description"], ("body", "description"), problems)
+    if "metadata" in body:
+        out["metadata"] = string_map(body["metadata"], ("body", "metadata"), problems, max_items=50)
+    for key in ("active", "ordered"):
+        if key in body:
+            out[key] = boolean(body[key], ("body", key), problems)
+    spec = current.signature if current else signing.SignatureSpec()
+    if "signature" in body:
+        checked = check_signature(body["signature"], problems)
+        if checked is not None:
+            spec = checked
+            out["signature"] = {
+                k: v
+                for k, v in (
+                    ("scheme", checked.scheme),
+                    ("header", checked.header),
+                    ("timestamp_header", checked.timestamp_header),
+                )
+                if v is not None
+            }
+        else:
+            out["signature"] = None
+    if "secret" in body and creating:
+        out["secret"] = check_secret(body["secret"], spec.scheme, problems)
+    if "format" in body:
+        out["format"] = check_format(body["format"], problems)
+    if "headers" in body:
+        out["headers"] = check_headers(body["headers"], spec, problems)
+    elif current is not None and "signature" in body and out.get("signature"):
+        clash = set(spec.header_names()) & {h.lower() for h in current.headers}
+        if clash:
+            problems.add(
+                ("body", "signature"), f"the endpoint's custom headers already use {sorted(clash)}"
+            )
+    if "delay_s" in body:
+        out["delay_s"] = number(body["delay_s"], ("body", "delay_s"), problems, lo=0, hi=604800)
+    if "rate_limit_per_s" in body:
+        value = body["rate_limit_per_s"]
+        out["rate_limit_per_s"] = (
+            None
+            if value is None
+            else number(value, ("body", "rate_limit_per_s"), problems, lo=0, hi=10000, lo_open=True)
+        )
+    if "max_in_flight" in body:
+        value = body["max_in_flight"]
+        if value is None:
+            out["max_in_flight"] = None
+        else:
+            n = number(
+                value,
+                ("body", "max_in_flight"),
+                problems,
+                lo=1,
+                hi=config.delivery.workers,
+                integer=True,
+            )
+            out["max_in_flight"] = int(n) if n is not None else None
+    if (
+        current is not None
+        and "signature" in body
+        and "headers" not in body
+        and out.get("signature")
+    ):
+        pass
+    if (
+        current is not None
+        and out.get("signature")
+        and spec.scheme == "standard"
+        and current.signature.scheme != "standard"
+    ):
+        try:
+            signing.decode_standard_secret(current.secret)
+        except ValueError:
+            problems.add(
+                ("body", "signature", "scheme"),
+                "the current secret is not a whsec_ secret; rotate it with a new whsec_ "
+                "secret first",
+            )
+    problems.raise_if_any()
+    if creating and "secret" not in out:
+        out["secret"] = signing.generate_secret()
+    if out.get("active"):
+        out["disabled_reason"] = None
+    return out
+
+
+async def create(request: web.Request) -> web.Response:
+    body = require_object(await read_json(request, BODY_LIMIT))
+    fields = validate_fields(body, request, creating=True, current=None)
+    st = state(request)
+    ep = await st.store.create_endpoint(fields)
+    return json_response(serialize.endpoint(ep, st.config, with_secret=True), 201)
+
+
+def visible(request: web.Request) -> Endpoint:
+    """The endpoint of the path, or 404 if it does not exist or belongs to another tenant."""
+    endpoint_id = request.match_info["endpoint_id"]
+    store = state(request).store
+    ep = store.endpoints.get(endpoint_id)
+    limited = scope(request)
+    if ep is None or (limited is not ANY_TENANT and ep.tenant != limited):
+        raise NotFound(f"no endpoint with id {endpoint_id}")
+    return ep
+
+
+async def get(request: web.Request) -> web.Response:
+    return json_response(serialize.endpoint(visible(request), state(request).config))
+
+
+async def list_(request: web.Request) -> web.Response:
+    params = query(request, ("tenant", "active"))
+    problems = Problems()
+    cursor, limit = paging(params, problems)
+    active = query_bool(params, "active", problems)
+    problems.raise_if_any()
+    tenant: Any = params.get("tenant", ANY_TENANT)
+    limited = scope(request)
+    if limited is not ANY_TENANT:
+        if tenant is not ANY_TENANT and tenant != limited:
+            raise ApiError(403, f"this API key may only use tenant {limited!r}")
+        tenant = limited
+    st = state(request)
+    page = await st.store.list_endpoints(tenant=tenant, active=active, cursor=cursor, limit=limit)
+    return json_response(
+        page_json([serialize.endpoint(e, st.config) for e in page.data], page.next_cursor)
+    )
+
+
+async def patch(request: web.Request) -> web.Response:
+    ep = visible(request)
+    body = require_object(await read_json(request, BODY_LIMIT))
+    fields = validate_fields(body, request, creating=False, current=ep)
+    st = state(request)
+    updated = await st.store.update_endpoint(ep.id, fields) if fields else ep
+    if st.dispatcher is not None and updated.active:
+        st.dispatcher.notify(updated.id, 0)
+    return json_response(serialize.endpoint(updated, st.config))
+
+
+async def delete(request: web.Request) -> web.Response:
+    ep = visible(request)
+    st = state(request)
+    await st.store.delete_endpoint(ep.id)
+    if st.dispatcher is not None:
+        st.dispatcher.forget(ep.id)
+    return web.Response(status=204)
+
+
+async def get_secret(request: web.Request) -> web.Response:
+    from webhookd.timefmt import now_ms, to_rfc3339
+
+    ep = visible(request)
+    now = now_ms()
+    return json_response(
+        {
+            "secret": ep.secret,
+            "previous_secrets": [
+                {"expires_at": to_rfc3339(p.expires_at)}
+                for p in ep.previous_secrets
+                if p.expires_at > now
+            ],
+        }
+    )
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/endpoints", create),
+        web.get("/v1/endpoints", list_, allow_head=False),
+        web.get("/v1/endpoints/{endpoint_id}", get, allow_head=False),
+        web.patch("/v1/endpoints/{endpoint_id}", patch),
+        web.delete("/v1/endpoints/{endpoint_id}", delete),
+        web.get("/v1/endpoints/{endpoint_id}/secret", get_secret, allow_head=False),
+    ]

@@ -1,0 +1,114 @@
+"""The error format and the middleware that guarantees it.
+
+Every error leaves as `{"error": code, "message": sentence}` (422 adds `detail`); no
+traceback ever reaches a client, and bad input never becomes a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from webhookd.store.models import Conflict, NotFound, StorageError
+
+log = logging.getLogger("webhookd.api")
+
+CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation_error",
+    429: "rate_limited",
+    500: "internal_error",
+    503: "unavailable",
+}
+
+
+class ApiError(Exception):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        code: str | None = None,
+        detail: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code or CODES.get(status, "error")
+        self.message = message
+        self.detail = detail
+        self.headers = headers or {}
+
+
+def validation_error(detail: list[dict[str, Any]]) -> ApiError:
+    first = detail[0]
+    where = ".".join(str(p) for p in first["loc"][1:]) or first["loc"][0]
+    more = f" (and {len(detail) - 1} more problems)" if len(detail) > 1 else ""
+    return ApiError(422, f"{where}: {first['msg']}{more}", detail=detail)
+
+
+def json_response(
+    data: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(err: ApiError) -> web.Response:
+    body: dict[str, Any] = {"error": err.code, "message": err.message}
+    if err.detail is not None:
+        body["detail"] = err.detail
+    return json_response(body, err.status, err.headers)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as err:
+        return error_response(err)
+    except NotFound as exc:
+        return error_response(ApiError(404, str(exc)))
+    except Conflict as exc:
+        return error_response(ApiError(409, str(exc)))
+    except StorageError:
+        log.exception("storage error", extra={"event": "storage_error"})
+        return error_response(
+            ApiError(
+                503,
+                "storage cannot write right now; retry later",
+                headers={"Retry-After": "5"},
+            )
+        )
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(ApiError(413, "the request body is too large"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = {
+            404: f"no route for {request.path}",
+            405: f"{request.method} is not allowed on {request.path}",
+        }.get(exc.status, exc.reason)
+        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+        return error_response(ApiError(exc.status, message, headers=headers))
+    except Exception:
+        log.exception("unhandled error", extra={"event": "internal_error", "path": request.path})
+        return error_response(ApiError(500, "internal error; the server log has the details"))

@@ -1,0 +1,268 @@
+"""Events: publish (single and batch), list, get; and the event-type catalog."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from webhookd.api import serialize
+from webhookd.api.context import ANY_TENANT, scope, state
+from webhookd.api.errors import ApiError, json_response, validation_error
+from webhookd.api.validate import (
+    Problems,
+    page_json,
+    paging,
+    query,
+    query_time,
+    read_json,
+    require_object,
+    string,
+    timestamp,
+    unknown_fields,
+)
+from webhookd.config import EVENT_TYPE_RE, TENANT_RE
+from webhookd.ids import new_id
+from webhookd.store.models import NewEvent, NotFound, PublishResult
+from webhookd.store.sqlite import body_hash
+from webhookd.timefmt import now_ms
+
+EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+MAX_BATCH_EVENTS = 1000
+MAX_DELIVER_AHEAD_MS = 366 * 86400 * 1000
+# Room for the envelope fields around a payload of the maximum size.
+ENVELOPE_SLACK = 65536
+
+
+def _check_event(
+    body: Any,
+    loc: tuple[str | int, ...],
+    request: web.Request,
+    problems: Problems,
+    *,
+    id_header: str | None,
+    too_large: list[tuple[tuple[str | int, ...], int]],
+) -> NewEvent | None:
+    st = state(request)
+    if not isinstance(body, dict):
+        problems.add(loc, "expected a JSON object with type and payload")
+        return None
+    start = len(problems.items)
+    unknown_fields(body, ("type", "payload", "tenant", "id", "deliver_at"), problems, loc)
+    event_type: Any = body.get("type")
+    if "type" not in body:
+        problems.add((*loc, "type"), "field required")
+    elif string(event_type, (*loc, "type"), problems, max_len=200, min_len=1) is not None:
+        if not EVENT_TYPE_RE.match(event_type):
+            problems.add((*loc, "type"), "expected dot-separated segments of [a-zA-Z0-9_-]")
+        elif not st.store.has_event_type(event_type):
+            problems.add(
+                (*loc, "type"),
+                f"unknown event type {event_type!r}; add it with POST /v1/event-types or in "
+                "the config's event_types",
+            )
+    payload = body.get("payload")
+    if "payload" not in body:
+        problems.add((*loc, "payload"), "field required")
+    elif not isinstance(payload, dict):
+        problems.add((*loc, "payload"), "expected a JSON object")
+    tenant = body.get("tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not TENANT_RE.match(tenant)):
+        problems.add((*loc, "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
+    limited = scope(request)
+    if limited is not ANY_TENANT:
+        if "tenant" in body and tenant != limited:
+            raise ApiError(403, f"this API key may only publish to tenant {limited!r}")
+        tenant = limited
+    event_id: Any = body.get("id")
+    if event_id is None and id_header is not None:
+        event_id = id_header
+    elif event_id is not None and id_header is not None and event_id != id_header:
+        problems.add((*loc, "id"), "differs from the Idempotency-Key header")
+    if event_id is not None and (not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id)):
+        problems.add((*loc, "id"), "expected 1-128 of [A-Za-z0-9_.:-]")
+    deliver_at = None
+    if body.get("deliver_at") is not None:
+        deliver_at = timestamp(body["deliver_at"], (*loc, "deliver_at"), problems)
+        if deliver_at is not None and deliver_at - now_ms() > MAX_DELIVER_AHEAD_MS:
+            problems.add((*loc, "deliver_at"), "expected at most one year ahead")
+    if len(problems.items) > start:
+        return None
+    payload_json = orjson.dumps(payload)
+    if len(payload_json) > st.config.limits.max_payload_bytes:
+        too_large.append(((*loc, "payload"), len(payload_json)))
+        return None
+    chosen = event_id is not None
+    return NewEvent(
+        id=event_id if chosen else new_id("evt"),
+        type=event_type,
+        tenant=tenant,
+        payload_json=payload_json,
+        body_hash=body_hash(event_type, tenant, payload, deliver_at) if chosen else None,
+        deliver_at=deliver_at,
+    )
+
+
+def _raise_too_large(request: web.Request, too_large: list[tuple[Any, int]]) -> None:
+    if too_large:
+        loc, size = too_large[0]
+        limit = state(request).config.limits.max_payload_bytes
+        where = ".".join(str(p) for p in loc[1:])
+        raise ApiError(
+            413,
+            f"{where} is {size} bytes; at most {limit} are accepted (limits.max_payload_bytes)",
+        )
+
+
+def _notify(request: web.Request, results: list[PublishResult]) -> None:
+    dispatcher = state(request).dispatcher
+    if dispatcher is not None:
+        for res in results:
+            dispatcher.notify_many(res.due)
+
+
+async def publish(request: web.Request) -> web.Response:
+    st = state(request)
+    limit = st.config.limits.max_payload_bytes + ENVELOPE_SLACK
+    body = await read_json(request, limit)
+    problems = Problems()
+    too_large: list[tuple[Any, int]] = []
+    ev = _check_event(
+        body,
+        ("body",),
+        request,
+        problems,
+        id_header=request.headers.get("Idempotency-Key"),
+        too_large=too_large,
+    )
+    problems.raise_if_any()
+    _raise_too_large(request, too_large)
+    assert ev is not None
+    [res] = await st.store.publish([ev])
+    _notify(request, [res])
+    return json_response(serialize.publish_result(res), 202 if res.created else 200)
+
+
+async def publish_batch(request: web.Request) -> web.Response:
+    st = state(request)
+    body = require_object(await read_json(request, st.config.limits.max_batch_bytes))
+    problems = Problems()
+    unknown_fields(body, ("events",), problems)
+    events = body.get("events")
+    if not isinstance(events, list) or not events:
+        problems.add(("body", "events"), "expected a non-empty list of events")
+        problems.raise_if_any()
+    assert isinstance(events, list)
+    if len(events) > MAX_BATCH_EVENTS:
+        raise validation_error(
+            [{"loc": ["body", "events"], "msg": f"expected at most {MAX_BATCH_EVENTS} events"}]
+        )
+    too_large: list[tuple[Any, int]] = []
+    checked = [
+        _check_event(
+            e, ("body", "events", i), request, problems, id_header=None, too_large=too_large
+        )
+        for i, e in enumerate(events)
+    ]
+    problems.raise_if_any()
+    _raise_too_large(request, too_large)
+    seen: dict[str, int] = {}
+    for i, e in enumerate(checked):
+        assert e is not None
+        if e.id in seen and e.body_hash is not None:
+            first = checked[seen[e.id]]
+            assert first is not None
+            if first.body_hash != e.body_hash:
+                problems.add(
+                    ("body", "events", i, "id"),
+                    f"repeats events[{seen[e.id]}].id with another body",
+                )
+        seen.setdefault(e.id, i)
+    problems.raise_if_any()
+    results = await st.store.publish([e for e in checked if e is not None])
+    _notify(request, results)
+    status = 202 if any(r.created for r in results) else 200
+    return json_response({"data": [serialize.publish_result(r) for r in results]}, status)
+
+
+def _visible_tenant(request: web.Request, tenant: str | None) -> bool:
+    limited = scope(request)
+    return limited is ANY_TENANT or tenant == limited
+
+
+async def get(request: web.Request) -> web.Response:
+    event_id = request.match_info["event_id"]
+    ev, deliveries = await state(request).store.get_event(event_id)
+    if not _visible_tenant(request, ev.tenant):
+        raise NotFound(f"no event with id {event_id}")
+    return json_response(serialize.event(ev, deliveries))
+
+
+async def list_(request: web.Request) -> web.Response:
+    params = query(request, ("type", "tenant", "since", "until"))
+    problems = Problems()
+    cursor, limit = paging(params, problems)
+    since = query_time(params, "since", problems)
+    until = query_time(params, "until", problems)
+    problems.raise_if_any()
+    tenant: Any = params.get("tenant", ANY_TENANT)
+    limited = scope(request)
+    if limited is not ANY_TENANT:
+        if tenant is not ANY_TENANT and tenant != limited:
+            raise ApiError(403, f"this API key may only use tenant {limited!r}")
+        tenant = limited
+    page = await state(request).store.list_events(
+        event_type=params.get("type"),
+        tenant=tenant,
+        since=since,
+        until=until,
+        cursor=cursor,
+        limit=limit,
+    )
+    return json_response(page_json([serialize.event(e) for e in page.data], page.next_cursor))
+
+
+# --- event types ------------------------------------------------------------------------
+
+
+async def list_types(request: web.Request) -> web.Response:
+    query(request, ())
+    types = state(request).store.list_event_types()
+    return json_response(page_json([serialize.event_type(t) for t in types], None))
+
+
+async def create_type(request: web.Request) -> web.Response:
+    body = require_object(await read_json(request, 65536))
+    problems = Problems()
+    unknown_fields(body, ("name", "description"), problems)
+    name: Any = body.get("name")
+    if "name" not in body:
+        problems.add(("body", "name"), "field required")
+    elif string(name, ("body", "name"), problems, max_len=200, min_len=1) is not None and (
+        not EVENT_TYPE_RE.match(name)
+    ):
+        problems.add(("body", "name"), "expected dot-separated segments of [a-zA-Z0-9_-]")
+    description = body.get("description", "")
+    string(description, ("body", "description"), problems)
+    problems.raise_if_any()
+    et = await state(request).store.create_event_type(name, description)
+    return json_response(serialize.event_type(et), 201)
+
+
+async def delete_type(request: web.Request) -> web.Response:
+    await state(request).store.delete_event_type(request.match_info["name"])
+    return web.Response(status=204)
+
+
+def routes() -> list[web.RouteDef]:
+    return [
+        web.post("/v1/events", publish),
+        web.post("/v1/events/batch", publish_batch),
+        web.get("/v1/events", list_, allow_head=False),
+        web.get("/v1/events/{event_id}", get, allow_head=False),
+        web.get("/v1/event-types", list_types, allow_head=False),
+        web.post("/v1/event-types", create_type),
+        web.delete("/v1/event-types/{name}", delete_type),
+    ]

@@ -1,0 +1,516 @@
+"""The YAML configuration: loading, validation and the frozen dataclasses it becomes.
+
+Every key is optional. Unknown keys and bad values are errors that name the key and say
+what was expected ("delivery.timeout_s: expected a number <= 30, got 'x'"); the command
+line turns them into exit code 78.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
+TENANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+MIN_API_KEY_LEN = 32
+MAX_TIMEOUT_S = 30.0
+
+
+class ConfigError(Exception):
+    """A configuration problem; `problems` lists one line per bad key."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    key: str = field(repr=False)
+    tenant: str | None = None
+
+
+@dataclass(frozen=True)
+class EventTypeDecl:
+    name: str
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    workers: int = 64
+    max_in_flight_per_endpoint: int = 10
+    timeout_s: float = 30.0
+    retry_schedule_s: tuple[float, ...] = (5, 300, 1800, 7200, 18000, 36000, 36000)
+    jitter: float = 0.2
+    disable_after_s: float = 432000
+    max_response_bytes: int = 20480
+    shutdown_grace_s: float = 20.0
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    https_only: bool = True
+    allow_networks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_payload_bytes: int = 262144
+    max_batch_bytes: int = 16777216
+
+
+@dataclass(frozen=True)
+class RetentionConfig:
+    days: float = 30
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    level: str = "info"
+    format: str = "text"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    require_auth: bool = False
+
+
+@dataclass(frozen=True)
+class Config:
+    listen: str = "127.0.0.1:8080"
+    database: str = "./webhookd.db"
+    api_keys: tuple[ApiKey, ...] = ()
+    event_types: tuple[EventTypeDecl, ...] = ()
+    delivery: DeliveryConfig = DeliveryConfig()
+    security: SecurityConfig = SecurityConfig()
+    limits: LimitsConfig = LimitsConfig()
+    retention: RetentionConfig = RetentionConfig()
+    log: LogConfig = LogConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @property
+    def listen_address(self) -> ListenAddress:
+        return parse_listen(self.listen)
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    host: str | None = None
+    port: int | None = None
+    unix_path: str | None = None
+
+    @property
+    def is_loopback(self) -> bool:
+        if self.unix_path is not None:
+            return True
+        host = self.host or ""
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+
+def parse_listen(value: str) -> ListenAddress:
+    """Parse `host:port`, `[v6]:port` or `unix:/path`; raises ValueError with the reason."""
+    if value.startswith("unix:"):
+        path = value[len("unix:") :]
+        if not path.startswith("/"):
+            raise ValueError(
+                "a unix socket path must be absolute, e.g. unix:/run/webhookd/api.sock"
+            )
+        return ListenAddress(unix_path=path)
+    if value.startswith("["):
+        host, sep, port_text = value[1:].partition("]:")
+    else:
+        host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected host:port or unix:/path")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port must be 0-65535")
+    return ListenAddress(host=host, port=port)
+
+
+# --- the validating reader ---------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class _Reader:
+    """Reads one mapping, collecting problems with the dotted key path of each."""
+
+    def __init__(self, data: Mapping[str, Any], path: str, problems: list[str]) -> None:
+        self.data = data
+        self.path = path
+        self.problems = problems
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, expected: str, got: Any) -> None:
+        self.problems.append(f"{self.key(name)}: expected {expected}, got {_show(got)}")
+
+    def get(self, name: str, default: T, convert: Callable[[Any], T], expected: str) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        raw = self.data[name]
+        try:
+            return convert(raw)
+        except (TypeError, ValueError) as exc:
+            detail = f" ({exc})" if str(exc) else ""
+            self.fail(name, expected + detail, raw)
+            return default
+
+    def finish(self) -> None:
+        for name in self.data:
+            if name not in self.seen:
+                self.problems.append(f"{self.key(str(name))}: unknown key")
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(lo: float | None = None, hi: float | None = None, lo_open: bool = False) -> Any:
+    def convert(raw: Any) -> float:
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise TypeError
+        value = float(raw)
+        if not math.isfinite(value):
+            raise ValueError
+        if lo is not None and (value < lo or (lo_open and value == lo)):
+            raise ValueError
+        if hi is not None and value > hi:
+            raise ValueError
+        return value
+
+    return convert
+
+
+def _integer(lo: int, hi: int | None = None) -> Callable[[Any], int]:
+    def convert(raw: Any) -> int:
+        if isinstance(raw, bool) or not isinstance(raw, int):
+            raise TypeError
+        if raw < lo or (hi is not None and raw > hi):
+            raise ValueError
+        return raw
+
+    return convert
+
+
+def _boolean(raw: Any) -> bool:
+    if not isinstance(raw, bool):
+        raise TypeError
+    return raw
+
+
+def _string(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise TypeError
+    return raw
+
+
+def _section(parent: _Reader, name: str) -> _Reader | None:
+    parent.seen.add(name)
+    raw = parent.data.get(name)
+    if raw is None:
+        return _Reader({}, parent.key(name), parent.problems)
+    if not isinstance(raw, Mapping):
+        parent.fail(name, "a mapping", raw)
+        return None
+    return _Reader(raw, parent.key(name), parent.problems)
+
+
+def _read_delivery(r: _Reader) -> DeliveryConfig:
+    d = DeliveryConfig()
+    workers = r.get("workers", d.workers, _integer(1, 10000), "an integer 1-10000")
+    per_ep = r.get(
+        "max_in_flight_per_endpoint",
+        d.max_in_flight_per_endpoint,
+        _integer(1, 10000),
+        "an integer 1-10000",
+    )
+    if per_ep > workers:
+        r.problems.append(
+            f"{r.key('max_in_flight_per_endpoint')}: expected at most delivery.workers "
+            f"({workers}), got {per_ep}"
+        )
+    schedule = r.get("retry_schedule_s", d.retry_schedule_s, _schedule, "a list of numbers >= 0")
+    return DeliveryConfig(
+        workers=workers,
+        max_in_flight_per_endpoint=per_ep,
+        timeout_s=r.get(
+            "timeout_s",
+            d.timeout_s,
+            _number(0, MAX_TIMEOUT_S, lo_open=True),
+            f"a number > 0 and <= {MAX_TIMEOUT_S:g}",
+        ),
+        retry_schedule_s=schedule,
+        jitter=r.get("jitter", d.jitter, _number(0, 1), "a number 0-1"),
+        disable_after_s=r.get(
+            "disable_after_s", d.disable_after_s, _number(0, lo_open=True), "a number > 0"
+        ),
+        max_response_bytes=r.get(
+            "max_response_bytes",
+            d.max_response_bytes,
+            _integer(0, 1048576),
+            "an integer 0-1048576",
+        ),
+        shutdown_grace_s=r.get(
+            "shutdown_grace_s", d.shutdown_grace_s, _number(0, 3600), "a number 0-3600"
+        ),
+    )
+
+
+def _schedule(raw: Any) -> tuple[float, ...]:
+    if not isinstance(raw, list) or len(raw) > 100:
+        raise TypeError
+    convert = _number(0, 7 * 86400)
+    return tuple(convert(x) for x in raw)
+
+
+def _networks(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise TypeError
+    out = []
+    for item in raw:
+        if not isinstance(item, str):
+            raise TypeError
+        ipaddress.ip_network(item, strict=False)  # raises ValueError naming the bad one
+        out.append(item)
+    return tuple(out)
+
+
+def _read_api_keys(
+    parent: _Reader, environ: Mapping[str, str], problems: list[str]
+) -> tuple[ApiKey, ...]:
+    parent.seen.add("api_keys")
+    raw = parent.data.get("api_keys")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        parent.fail("api_keys", "a list of {name, key or key_env, tenant}", raw)
+        return ()
+    keys: list[ApiKey] = []
+    names: set[str] = set()
+    for i, item in enumerate(raw):
+        path = f"api_keys[{i}]"
+        if not isinstance(item, Mapping):
+            problems.append(f"{path}: expected a mapping with name and key or key_env")
+            continue
+        r = _Reader(item, path, problems)
+        name = r.get("name", "", _string, "a string")
+        if not name:
+            problems.append(f"{path}.name: expected a non-empty string")
+        elif name in names:
+            problems.append(f"{path}.name: duplicate key name {name!r}")
+        names.add(name)
+        key = r.get("key", "", _string, "a string")
+        key_env = r.get("key_env", "", _string, "an environment variable name")
+        tenant = r.get("tenant", None, _optional_tenant, "null or a tenant name")
+        r.finish()
+        if key and key_env:
+            problems.append(f"{path}: give key or key_env, not both")
+            continue
+        if key_env:
+            if key_env not in environ:
+                problems.append(f"{path}.key_env: environment variable {key_env} is not set")
+                continue
+            key = environ[key_env]
+            where = f"{path}.key_env ({key_env})"
+        else:
+            where = f"{path}.key"
+        if not key:
+            problems.append(f"{path}: expected key or key_env")
+            continue
+        if len(key) < MIN_API_KEY_LEN:
+            # The key itself is never echoed: only its length.
+            problems.append(
+                f"{where}: expected at least {MIN_API_KEY_LEN} characters, got {len(key)}"
+            )
+            continue
+        keys.append(ApiKey(name=name, key=key, tenant=tenant))
+    return tuple(keys)
+
+
+def _optional_tenant(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, str) or not TENANT_RE.match(raw):
+        raise ValueError
+    return raw
+
+
+def _read_event_types(parent: _Reader, problems: list[str]) -> tuple[EventTypeDecl, ...]:
+    parent.seen.add("event_types")
+    raw = parent.data.get("event_types")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        parent.fail("event_types", "a list of {name, description}", raw)
+        return ()
+    out: list[EventTypeDecl] = []
+    for i, item in enumerate(raw):
+        path = f"event_types[{i}]"
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, Mapping):
+            problems.append(f"{path}: expected a mapping with name and description")
+            continue
+        r = _Reader(item, path, problems)
+        name = r.get("name", "", _string, "a string")
+        description = r.get("description", "", _string, "a string")
+        r.finish()
+        if not EVENT_TYPE_RE.match(name) or len(name) > 200:
+            problems.append(
+                f"{path}.name: expected dot-separated segments of [a-zA-Z0-9_-], got {_show(name)}"
+            )
+            continue
+        out.append(EventTypeDecl(name=name, description=description))
+    return tuple(out)
+
+
+def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> Config:
+    """Validate a parsed YAML document; raises ConfigError listing every problem."""
+    env = os.environ if environ is None else environ
+    problems: list[str] = []
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise ConfigError([f"(top level): expected a mapping of keys, got {_show(data)}"])
+    top = _Reader(data, "", problems)
+    d = Config()
+
+    def listen_value(raw: Any) -> str:
+        text = _string(raw)
+        parse_listen(text)
+        return text
+
+    listen = top.get("listen", d.listen, listen_value, "host:port or unix:/path")
+    database = top.get("database", d.database, _nonempty_string, "a file path")
+    api_keys = _read_api_keys(top, env, problems)
+    event_types = _read_event_types(top, problems)
+
+    delivery = d.delivery
+    if (s := _section(top, "delivery")) is not None:
+        delivery = _read_delivery(s)
+        s.finish()
+    security = d.security
+    if (s := _section(top, "security")) is not None:
+        security = SecurityConfig(
+            https_only=s.get("https_only", True, _boolean, "true or false"),
+            allow_networks=s.get("allow_networks", (), _networks, "a list of CIDRs"),
+        )
+        s.finish()
+    limits = d.limits
+    if (s := _section(top, "limits")) is not None:
+        limits = LimitsConfig(
+            max_payload_bytes=s.get(
+                "max_payload_bytes",
+                d.limits.max_payload_bytes,
+                _integer(1, 64 * 1024 * 1024),
+                "an integer 1-67108864",
+            ),
+            max_batch_bytes=s.get(
+                "max_batch_bytes",
+                d.limits.max_batch_bytes,
+                _integer(1, 1024 * 1024 * 1024),
+                "an integer 1-1073741824",
+            ),
+        )
+        s.finish()
+    retention = d.retention
+    if (s := _section(top, "retention")) is not None:
+        retention = RetentionConfig(
+            days=s.get("days", d.retention.days, _number(0, lo_open=True), "a number > 0")
+        )
+        s.finish()
+    log = d.log
+    if (s := _section(top, "log")) is not None:
+        log = LogConfig(
+            level=s.get("level", "info", _choice("debug", "info", "warning", "error"), _LEVELS),
+            format=s.get("format", "text", _choice("text", "json"), "text or json"),
+        )
+        s.finish()
+    metrics = d.metrics
+    if (s := _section(top, "metrics")) is not None:
+        metrics = MetricsConfig(
+            require_auth=s.get("require_auth", False, _boolean, "true or false")
+        )
+        s.finish()
+    top.finish()
+
+    config = Config(
+        listen=listen,
+        database=database,
+        api_keys=api_keys,
+        event_types=event_types,
+        delivery=delivery,
+        security=security,
+        limits=limits,
+        retention=retention,
+        log=log,
+        metrics=metrics,
+    )
+    if not problems and not api_keys and not config.listen_address.is_loopback:
+        problems.append(
+            f"listen: {listen} is not a loopback address and no api_keys are configured; "
+            "add api_keys (an unauthenticated API serves only on loopback or a unix socket)"
+        )
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+_LEVELS = "one of debug, info, warning, error"
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def convert(raw: Any) -> str:
+        if not isinstance(raw, str) or raw.lower() not in options:
+            raise ValueError
+        return raw.lower()
+
+    return convert
+
+
+def _nonempty_string(raw: Any) -> str:
+    text = _string(raw)
+    if not text:
+        raise ValueError
+    return text
+
+
+def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read and validate the YAML file at `path`; None means the embedded defaults."""
+    if path is None:
+        return config_from_mapping({}, environ)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file: {exc.strerror}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{path}: not valid YAML{where}: {problem}"]) from None
+    return config_from_mapping(data, environ)

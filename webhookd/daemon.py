@@ -1,0 +1,235 @@
+"""The composition root: startup order, signals, reload and shutdown order.
+
+The only module that touches signals. Signal handlers only set state; the main coroutine
+acts on it.
+
+Startup: config -> logging -> store and migrations -> requeue deliveries left
+`delivering` -> HTTP client session -> dispatcher -> API listening -> ready.
+Shutdown (SIGTERM/SIGINT): stop the API, stop claiming, let open requests finish within
+`delivery.shutdown_grace_s`, give the rest back to `pending`, close. A second signal
+forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from webhookd import __version__, logs
+from webhookd.api import create_app
+from webhookd.api.context import State
+from webhookd.config import Config, ConfigError, load_config
+from webhookd.dispatcher import Dispatcher
+from webhookd.netguard import AddressPolicy, make_connector
+from webhookd.sdnotify import Notifier, watchdog_loop
+from webhookd.store.models import StorageError
+from webhookd.store.sqlite import SQLiteStore
+
+log = logging.getLogger("webhookd")
+
+RESTART_ONLY = ("listen", "database")
+
+
+class StartupError(Exception):
+    pass
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.store = SQLiteStore(config.database)
+        self.state = State(config=config, store=self.store)
+        self.notifier = Notifier.from_env()
+        self.session: aiohttp.ClientSession | None = None
+        self.dispatcher: Dispatcher | None = None
+        self.runner: web.AppRunner | None = None
+        self.policy = AddressPolicy(config.security.allow_networks)
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self._signals = 0
+        self._watchdog: asyncio.Task[None] | None = None
+        self.bound: list[str] = []
+
+    # --- startup --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        await self.store.open()
+        await self.store.sync_event_types(cfg.event_types)
+        requeued = await self.store.requeue_interrupted()
+        if requeued:
+            log.info(
+                "requeued deliveries interrupted by a crash",
+                extra={"event": "requeued_interrupted", "count": requeued},
+            )
+        connector = make_connector(self.policy, limit=cfg.delivery.workers)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=False,
+            max_line_size=8190,
+            max_field_size=8190,
+        )
+        self.dispatcher = Dispatcher(self.store, self.session, cfg.delivery)
+        self.state.dispatcher = self.dispatcher
+        await self.dispatcher.start()
+        app = create_app(self.state)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        await self.runner.setup()
+        address = cfg.listen_address
+        site: web.BaseSite
+        if address.unix_path is not None:
+            Path(address.unix_path).parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.unix_path)
+            site = web.UnixSite(self.runner, address.unix_path)
+        else:
+            site = web.TCPSite(self.runner, address.host, address.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+        self.bound = [_describe(s) for s in (self.runner.addresses or [])]
+        self.state.starting = False
+        self.notifier.ready(status=f"serving on {', '.join(self.bound)}")
+        self._watchdog = asyncio.create_task(
+            watchdog_loop(
+                self.notifier, lambda: self.dispatcher is not None and self.dispatcher.running
+            ),
+            name="webhookd-watchdog",
+        )
+        log.info(
+            "webhookd started",
+            extra={
+                "event": "startup",
+                "version": __version__,
+                "listen": ",".join(self.bound),
+                "database": cfg.database,
+                "endpoints": len(self.store.endpoints),
+                "event_types": len(self.store.event_types),
+                "api_keys": len(cfg.api_keys),
+                "workers": cfg.delivery.workers,
+                "https_only": cfg.security.https_only,
+            },
+        )
+
+    # --- running ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    def _on_stop_signal(self, name: str) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second stop signal: exiting now", extra={"event": "forced_exit"})
+            os._exit(1)
+        log.info("stop requested", extra={"event": "stopping", "signal": name})
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def wait(self) -> None:
+        """Run until a stop signal, handling reloads meanwhile."""
+        while not self._stop.is_set():
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            for fut in (stop, reload):
+                fut.cancel()
+            if self._reload.is_set() and not self._stop.is_set():
+                self._reload.clear()
+                await self.reload()
+
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                log.error(
+                    "reload rejected; keeping the running config",
+                    extra={"event": "reload_rejected", "problems": exc.problems},
+                )
+                return
+            old = self.config
+            restart = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+            self.policy = AddressPolicy(new.security.allow_networks)
+            if self.session is not None:
+                connector = self.session.connector
+                if connector is not None and hasattr(connector, "policy"):
+                    connector.policy = self.policy
+            logs.apply_level(new.log.level)
+            await self.store.sync_event_types(new.event_types)
+            if self.dispatcher is not None:
+                self.dispatcher.update_config(new.delivery)
+            self.config = new
+            self.state.config = new
+            log.info(
+                "config reloaded",
+                extra={
+                    "event": "reloaded",
+                    "needs_restart": ",".join(restart) or "none",
+                },
+            )
+            if restart:
+                log.warning(
+                    "some changed settings apply only after a restart",
+                    extra={"event": "reload_needs_restart", "keys": ",".join(restart)},
+                )
+        finally:
+            self.notifier.ready()
+
+    # --- shutdown -------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        self.state.stopping = True
+        self.notifier.stopping()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.dispatcher is not None:
+            await self.dispatcher.stop(self.config.delivery.shutdown_grace_s)
+        if self.session is not None:
+            await self.session.close()
+        await self.store.close()
+        address = self.config.listen_address
+        if address.unix_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(address.unix_path)
+        log.info("webhookd stopped", extra={"event": "stopped"})
+
+
+def _describe(address: object) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return f"unix:{address}"
+
+
+async def serve(config: Config, config_path: str | None) -> int:
+    daemon = Daemon(config, config_path)
+    daemon.install_signal_handlers()
+    try:
+        await daemon.start()
+    except (StartupError, StorageError) as exc:
+        log.error(str(exc), extra={"event": "startup_failed"})
+        await daemon.shutdown()
+        return 1
+    await daemon.wait()
+    await daemon.shutdown()
+    return 0

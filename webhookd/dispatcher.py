@@ -1,0 +1,440 @@
+"""The dispatcher: claim due deliveries, deliver them with bounded concurrency, record
+what happened, and reschedule failures.
+
+Scheduling state is kept per endpoint, not per delivery: for each endpoint, how many
+requests are open and when its next pending delivery is due. The backlog itself stays on
+disk; claims ask the store for at most as many deliveries as an endpoint has free slots,
+so one slow or dead endpoint holds only its own slots and never delays the others.
+Publishing wakes the loop; otherwise it sleeps until the earliest due time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from webhookd import delivery, formats, signing
+from webhookd.config import DeliveryConfig
+from webhookd.retry import next_delay_s, parse_retry_after
+from webhookd.store.models import Attempt, Claimed, Endpoint, Outcome, StorageError
+from webhookd.store.sqlite import SQLiteStore
+from webhookd.timefmt import now_ms, to_rfc3339
+
+log = logging.getLogger("webhookd.dispatcher")
+
+
+@dataclass
+class _EndpointState:
+    in_flight: int = 0
+    next_due: int | None = None  # ms; None: nothing pending that we know of
+    next_send: float = 0.0  # ms; the rate limit's next free slot
+
+
+@dataclass
+class _Task:
+    claimed: Claimed
+    task: asyncio.Task[None]
+    attempting: bool = True
+
+
+@dataclass
+class Stats:
+    attempts: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    in_flight: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        store: SQLiteStore,
+        session: aiohttp.ClientSession,
+        config: DeliveryConfig,
+        *,
+        rand: random.Random | None = None,
+        on_outcome: Callable[[Claimed, Endpoint, Outcome], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.session = session
+        self.config = config
+        self.rand = rand or random.Random()
+        self.on_outcome = on_outcome
+        self._states: dict[str, _EndpointState] = {}
+        self._tasks: dict[str, _Task] = {}
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stats = Stats()
+
+    # --- control --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        due = await self.store.next_due(self.store.endpoints)
+        for endpoint_id, at in due.items():
+            self._state(endpoint_id).next_due = at
+        self._loop_task = asyncio.create_task(self._run(), name="webhookd-dispatcher")
+
+    @property
+    def running(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done() and not self._stopping
+
+    def update_config(self, config: DeliveryConfig) -> None:
+        self.config = config
+        self._wake.set()
+
+    def notify(self, endpoint_id: str, due_ms: int) -> None:
+        """A delivery for this endpoint is pending from `due_ms` on (publish, retry, recover)."""
+        st = self._state(endpoint_id)
+        if st.next_due is None or due_ms < st.next_due:
+            st.next_due = due_ms
+        self._wake.set()
+
+    def notify_many(self, items: Iterable[tuple[str, int]]) -> None:
+        for endpoint_id, due in items:
+            self.notify(endpoint_id, due)
+
+    def forget(self, endpoint_id: str) -> None:
+        st = self._states.get(endpoint_id)
+        if st is not None and st.in_flight == 0:
+            del self._states[endpoint_id]
+
+    def in_flight_for(self, endpoint_id: str) -> int:
+        st = self._states.get(endpoint_id)
+        return st.in_flight if st else 0
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop claiming; let open requests finish within `grace_s`; give the rest back."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        tasks = [t.task for t in self._tasks.values()]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=grace_s)
+            unattempted = [
+                t.claimed.delivery_id
+                for t in self._tasks.values()
+                if t.task in pending and t.attempting
+            ]
+            for t in list(self._tasks.values()):
+                if t.task in pending and t.attempting:
+                    t.task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+            try:
+                await self.store.release(unattempted)
+            except StorageError:
+                log.exception("could not give back deliveries; they are requeued at startup")
+            if unattempted:
+                log.info(
+                    "returned unfinished deliveries to pending",
+                    extra={"event": "shutdown_requeued", "count": len(unattempted)},
+                )
+
+    # --- the loop -------------------------------------------------------------------
+
+    def _state(self, endpoint_id: str) -> _EndpointState:
+        st = self._states.get(endpoint_id)
+        if st is None:
+            st = self._states[endpoint_id] = _EndpointState()
+        return st
+
+    def _limit(self, ep: Endpoint) -> int:
+        if ep.ordered:
+            return 1
+        return ep.max_in_flight or self.config.max_in_flight_per_endpoint
+
+    def _wants(self, now: int) -> tuple[dict[str, int], float | None]:
+        """How many deliveries to claim per endpoint now, and when to look again."""
+        free = self.config.workers - len(self._tasks)
+        wants: dict[str, int] = {}
+        wake_at: float | None = None
+        endpoints = self.store.endpoints
+        for endpoint_id, st in list(self._states.items()):
+            ep = endpoints.get(endpoint_id)
+            if ep is None:
+                if st.in_flight == 0:
+                    del self._states[endpoint_id]
+                continue
+            if not ep.active or st.next_due is None:
+                continue
+            room = self._limit(ep) - st.in_flight
+            if room <= 0:
+                continue
+            due: float = st.next_due
+            if ep.rate_limit_per_s:
+                due = max(due, st.next_send)
+                room = min(room, 1)
+            if due > now:
+                wake_at = due if wake_at is None else min(wake_at, due)
+                continue
+            wants[endpoint_id] = room
+        if free <= 0:
+            return {}, None
+        if sum(wants.values()) > free:
+            wants = self._share(wants, free)
+        return wants, wake_at
+
+    def _share(self, wants: dict[str, int], free: int) -> dict[str, int]:
+        """Spread the free workers over the due endpoints, one at a time round robin."""
+        order = list(wants)
+        self.rand.shuffle(order)
+        out: dict[str, int] = {}
+        while free > 0:
+            progressed = False
+            for endpoint_id in order:
+                if free == 0:
+                    break
+                if out.get(endpoint_id, 0) < wants[endpoint_id]:
+                    out[endpoint_id] = out.get(endpoint_id, 0) + 1
+                    free -= 1
+                    progressed = True
+            if not progressed:
+                break
+        return out
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            now = now_ms()
+            wants, wake_at = self._wants(now)
+            if wants:
+                try:
+                    claimed, next_due = await self.store.claim(wants, now)
+                except StorageError:
+                    log.exception("claim failed; retrying in 1 s")
+                    await self._sleep(1.0)
+                    continue
+                self._after_claim(wants, claimed, next_due, now)
+                continue
+            timeout = None if wake_at is None else max((wake_at - now_ms()) / 1000, 0.0)
+            await self._sleep(timeout)
+
+    async def _sleep(self, delay_s: float | None) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), delay_s)
+
+    def _after_claim(
+        self,
+        wants: dict[str, int],
+        claimed: list[Claimed],
+        next_due: dict[str, int | None],
+        now: int,
+    ) -> None:
+        for endpoint_id, due in next_due.items():
+            st = self._state(endpoint_id)
+            # A notify that arrived during the claim may know of something sooner.
+            if st.next_due is None or st.next_due <= now or (due is not None and due < st.next_due):
+                st.next_due = due
+        for c in claimed:
+            ep = self.store.endpoints.get(c.endpoint_id)
+            st = self._state(c.endpoint_id)
+            st.in_flight += 1
+            if ep is not None and ep.rate_limit_per_s:
+                st.next_send = max(float(now), st.next_send) + 1000.0 / ep.rate_limit_per_s
+            task = asyncio.create_task(self._deliver(c), name=f"webhookd-deliver-{c.delivery_id}")
+            self._tasks[c.delivery_id] = _Task(claimed=c, task=task)
+        self.stats.in_flight = len(self._tasks)
+
+    # --- one delivery -----------------------------------------------------------------
+
+    async def _deliver(self, c: Claimed) -> None:
+        try:
+            ep = self.store.endpoints.get(c.endpoint_id)
+            if ep is None:
+                # Deleted after the claim: the store already cancelled the delivery.
+                return
+            try:
+                resp, fmt, started_at = await self._attempt(c, ep)
+            except Exception as exc:
+                # A bug must not strand the delivery in `delivering`: record it as a failed
+                # attempt so that it follows the retry schedule and shows in the log.
+                log.exception("delivery attempt crashed", extra={"event": "attempt_crashed"})
+                resp = delivery.Response(
+                    status_code=None,
+                    headers={},
+                    body="",
+                    error_kind="internal_error",
+                    error_message=f"webhookd failed to make the request: {type(exc).__name__}",
+                    duration_ms=0,
+                    request_headers={},
+                )
+                fmt, started_at = ep.formats[0], now_ms()
+            entry = self._tasks.get(c.delivery_id)
+            if entry is not None:
+                entry.attempting = False
+            st = self._state(c.endpoint_id)
+            st.in_flight -= 1
+            self._wake.set()
+            outcome = self._decide(c, ep, resp, fmt, started_at)
+            try:
+                await self.store.record(outcome)
+            except Exception:
+                log.exception(
+                    "could not record an attempt; the delivery is retried at startup",
+                    extra={"event": "record_failed", "delivery_id": c.delivery_id},
+                )
+                return
+            self._count(outcome)
+            if outcome.status == "pending" and outcome.next_attempt_at is not None:
+                self.notify(c.endpoint_id, outcome.next_attempt_at)
+            if self.on_outcome is not None:
+                self.on_outcome(c, ep, outcome)
+        finally:
+            entry = self._tasks.pop(c.delivery_id, None)
+            if entry is not None and entry.attempting:
+                st = self._state(c.endpoint_id)
+                st.in_flight -= 1
+                self._wake.set()
+            self.stats.in_flight = len(self._tasks)
+
+    async def _attempt(self, c: Claimed, ep: Endpoint) -> tuple[delivery.Response, str, int]:
+        fmt = ep.formats[min(c.format_index, len(ep.formats) - 1)]
+        ev = c.event
+        body, content_type = formats.render(
+            fmt,
+            event_id=ev.id,
+            event_type=ev.type,
+            timestamp=to_rfc3339(ev.created_at) or "",
+            tenant=ev.tenant,
+            payload_json=ev.payload_json,
+        )
+        started_at = now_ms()
+        headers = {
+            "Content-Type": content_type,
+            "User-Agent": delivery.USER_AGENT,
+            "webhook-id": ev.id,
+        }
+        headers.update(ep.headers)
+        headers.update(
+            signing.sign(
+                ep.signature, ep.signing_secrets(started_at), ev.id, started_at // 1000, body
+            )
+        )
+        resp = await delivery.send(
+            self.session,
+            ep.url,
+            body,
+            headers,
+            timeout_s=self.config.timeout_s,
+            max_response_bytes=self.config.max_response_bytes,
+        )
+        redacted = signing.redact(ep.signature, resp.request_headers)
+        if redacted != resp.request_headers:
+            resp = _with_headers(resp, redacted)
+        return resp, fmt, started_at
+
+    def _decide(
+        self, c: Claimed, ep: Endpoint, resp: delivery.Response, fmt: str, started_at: int
+    ) -> Outcome:
+        now = now_ms()
+        number = c.attempt_count + 1
+        attempt = Attempt(
+            number=number,
+            started_at=started_at,
+            duration_ms=resp.duration_ms,
+            trigger="manual" if c.manual else "scheduled",
+            format=fmt,
+            request_headers=resp.request_headers,
+            status_code=resp.status_code,
+            response_headers=resp.headers,
+            response_body=resp.body,
+            error_kind=resp.error_kind,
+            error_message=resp.error_message,
+        )
+        gone = resp.status_code == 410 or (
+            (resp.header("webhook-delivery") or "").strip().lower() == "disable"
+        )
+
+        def outcome(
+            status: str,
+            next_at: int | None = None,
+            failures: int = c.failures,
+            format_index: int = c.format_index,
+            disable: str | None = None,
+        ) -> Outcome:
+            return Outcome(
+                delivery_id=c.delivery_id,
+                endpoint_id=c.endpoint_id,
+                attempt=attempt,
+                status=status,
+                next_attempt_at=next_at,
+                failures=failures,
+                format_index=format_index,
+                success=resp.ok,
+                disable_reason=disable,
+            )
+
+        if resp.ok:
+            return outcome("delivered", disable="gone" if gone else None)
+        if gone:
+            return outcome("skipped", disable="gone")
+        if (
+            ep.failing_since is not None
+            and now - ep.failing_since >= self.config.disable_after_s * 1000
+        ):
+            return outcome("skipped", disable="failing")
+        if c.manual:
+            # A manual attempt that fails is not retried; a delivery that was waiting for
+            # its next scheduled attempt keeps that appointment.
+            if c.resume_at is not None:
+                return outcome("pending", next_at=c.resume_at)
+            return outcome("failed")
+        if c.format_index + 1 < len(ep.formats):
+            return outcome("pending", next_at=now, format_index=c.format_index + 1)
+        failures = c.failures + 1
+        retry_after = parse_retry_after(resp.header("Retry-After"), time.time())
+        delay = next_delay_s(
+            self.config.retry_schedule_s, failures, self.config.jitter, retry_after, self.rand
+        )
+        if delay is None:
+            return outcome("failed", failures=failures)
+        return outcome("pending", next_at=now + int(delay * 1000), failures=failures)
+
+    def _count(self, o: Outcome) -> None:
+        self.stats.attempts += 1
+        if o.status == "delivered":
+            self.stats.delivered += 1
+        if not o.success:
+            self.stats.failed_attempts += 1
+        if o.attempt.error_kind is not None or not o.success:
+            level = logging.DEBUG if o.status == "pending" else logging.INFO
+            log.log(
+                level,
+                "delivery attempt failed",
+                extra={
+                    "event": "attempt_failed",
+                    "delivery_id": o.delivery_id,
+                    "endpoint_id": o.endpoint_id,
+                    "status_code": o.attempt.status_code,
+                    "error_kind": o.attempt.error_kind,
+                    "next_status": o.status,
+                },
+            )
+        else:
+            log.debug(
+                "delivered",
+                extra={
+                    "event": "attempt_delivered",
+                    "delivery_id": o.delivery_id,
+                    "endpoint_id": o.endpoint_id,
+                    "status_code": o.attempt.status_code,
+                    "duration_ms": o.attempt.duration_ms,
+                },
+            )
+
+
+def _with_headers(resp: delivery.Response, headers: dict[str, str]) -> delivery.Response:
+    from dataclasses import replace
+
+    return replace(resp, request_headers=headers)

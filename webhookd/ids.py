@@ -1,0 +1,48 @@
+"""Prefixed, time-ordered identifiers: `evt_`, `ep_`, `dlv_` + 26 Crockford base32 chars.
+
+The first 10 characters are the millisecond timestamp and the rest is random, so IDs sort
+by creation time (like ULIDs). Within one millisecond the random part is incremented,
+keeping IDs made by this process strictly increasing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_RANDOM_BITS = 80
+_lock = threading.Lock()
+_last_ms = -1
+_last_rand = 0
+
+ID_RE = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
+
+
+def _encode(value: int, length: int) -> str:
+    chars = []
+    for _ in range(length):
+        chars.append(_ALPHABET[value & 31])
+        value >>= 5
+    return "".join(reversed(chars))
+
+
+def new_id(prefix: str) -> str:
+    global _last_ms, _last_rand
+    with _lock:
+        ms = time.time_ns() // 1_000_000
+        if ms <= _last_ms:
+            ms = _last_ms
+            _last_rand = (_last_rand + 1) % (1 << _RANDOM_BITS)
+        else:
+            _last_ms = ms
+            _last_rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
+        rand = _last_rand
+    return f"{prefix}_{_encode(ms, 10)}{_encode(rand, 16)}"
+
+
+def looks_like(prefix: str, value: str) -> bool:
+    """True when `value` has the shape of an ID with this prefix."""
+    return value.startswith(prefix + "_") and ID_RE.match(value) is not None

@@ -1,0 +1,161 @@
+"""The signature schemes: pure functions from (secret, id, timestamp, body) to headers.
+
+`standard` is Standard Webhooks v1; the others are the styles SaaS providers document
+("compute HMAC-SHA256 of the raw body with your secret"), so receivers written from those
+docs verify webhookd's requests unchanged.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import secrets as _secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+SCHEMES = ("standard", "hmac-sha256", "hmac-sha256-timestamped", "token", "none")
+SECRET_PREFIX = "whsec_"
+DEFAULT_HEADERS = {
+    "hmac-sha256": "X-Webhook-Signature",
+    "hmac-sha256-timestamped": "X-Webhook-Signature",
+    "token": "X-Webhook-Token",
+}
+DEFAULT_TIMESTAMP_HEADER = "X-Webhook-Timestamp"
+STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+REDACTED = "[redacted]"
+
+
+@dataclass(frozen=True)
+class SignatureSpec:
+    scheme: str = "standard"
+    header: str | None = None
+    timestamp_header: str | None = None
+
+    @property
+    def signature_header(self) -> str | None:
+        if self.scheme == "standard":
+            return "webhook-signature"
+        return self.header or DEFAULT_HEADERS.get(self.scheme)
+
+    @property
+    def ts_header(self) -> str | None:
+        if self.scheme == "standard":
+            return "webhook-timestamp"
+        if self.scheme == "hmac-sha256-timestamped":
+            return self.timestamp_header or DEFAULT_TIMESTAMP_HEADER
+        return None
+
+    def header_names(self) -> tuple[str, ...]:
+        """Every header this scheme sets (lower case), for reserved-name checks."""
+        names = [n for n in (self.signature_header, self.ts_header) if n]
+        if self.scheme == "standard":
+            names.append("webhook-id")
+        return tuple(n.lower() for n in names)
+
+    def to_json(self) -> dict[str, str | None]:
+        out: dict[str, str | None] = {"scheme": self.scheme}
+        if self.scheme in DEFAULT_HEADERS:
+            out["header"] = self.signature_header
+        if self.scheme == "hmac-sha256-timestamped":
+            out["timestamp_header"] = self.ts_header
+        return out
+
+
+def generate_secret() -> str:
+    return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode("ascii")
+
+
+def decode_standard_secret(secret: str) -> bytes:
+    """The HMAC key of a `whsec_` secret; ValueError unless it is whsec_ + base64 of 24-64 bytes."""
+    if not secret.startswith(SECRET_PREFIX):
+        raise ValueError("a standard-scheme secret starts with whsec_")
+    try:
+        key = base64.b64decode(secret[len(SECRET_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the part after whsec_ must be base64") from None
+    if not 24 <= len(key) <= 64:
+        raise ValueError(f"the secret must encode 24-64 bytes, got {len(key)}")
+    return key
+
+
+def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    key = decode_standard_secret(secret)
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(digest).decode("ascii")
+
+
+def hex_hmac(secret: str, message: bytes) -> str:
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
+
+
+def sign(
+    spec: SignatureSpec, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
+) -> dict[str, str]:
+    """The signature headers for one request. `secrets[0]` is the current secret; the rest
+    are rotated-out secrets still in their grace period (only `standard` uses them)."""
+    if spec.scheme == "none":
+        return {}
+    current = secrets[0]
+    if spec.scheme == "standard":
+        sigs = " ".join(standard_signature(s, msg_id, timestamp, body) for s in secrets)
+        return {
+            "webhook-id": msg_id,
+            "webhook-timestamp": str(timestamp),
+            "webhook-signature": sigs,
+        }
+    header = spec.signature_header
+    assert header is not None
+    if spec.scheme == "hmac-sha256":
+        return {header: hex_hmac(current, body)}
+    if spec.scheme == "hmac-sha256-timestamped":
+        ts_header = spec.ts_header
+        assert ts_header is not None
+        return {
+            header: hex_hmac(current, f"{timestamp}.".encode() + body),
+            ts_header: str(timestamp),
+        }
+    if spec.scheme == "token":
+        return {header: current}
+    raise ValueError(f"unknown signature scheme {spec.scheme!r}")
+
+
+def redact(spec: SignatureSpec, headers: Mapping[str, str]) -> dict[str, str]:
+    """The headers as the delivery log shows them: a `token` secret is never stored."""
+    out = dict(headers)
+    if spec.scheme == "token" and spec.signature_header:
+        for name in out:
+            if name.lower() == spec.signature_header.lower():
+                out[name] = REDACTED
+    return out
+
+
+def verify_standard(
+    secret: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now_s: int | None = None,
+    tolerance_s: int = 300,
+) -> bool:
+    """Check a Standard Webhooks request: any `v1,` signature matching, timestamp fresh."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id = lower.get("webhook-id")
+    ts_text = lower.get("webhook-timestamp", "")
+    sig_header = lower.get("webhook-signature", "")
+    if not msg_id or not ts_text.isdigit():
+        return False
+    timestamp = int(ts_text)
+    if now_s is not None and abs(now_s - timestamp) > tolerance_s:
+        return False
+    try:
+        expected = standard_signature(secret, msg_id, timestamp, body)
+    except ValueError:
+        return False
+    return any(
+        hmac.compare_digest(expected.encode(), candidate.encode())
+        for candidate in sig_header.split(" ")
+        if candidate.startswith("v1,")
+    )

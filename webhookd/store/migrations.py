@@ -1,0 +1,105 @@
+"""The SQLite schema, versioned with PRAGMA user_version.
+
+Each entry of MIGRATIONS takes the database from version i to i+1. Never edit a released
+migration; append a new one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: the outbox
+    """
+    CREATE TABLE event_types (
+        name TEXT PRIMARY KEY,
+        description TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+
+    CREATE TABLE endpoints (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        url TEXT NOT NULL,
+        tenant TEXT,
+        description TEXT NOT NULL DEFAULT '',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        events TEXT NOT NULL DEFAULT '["*"]',
+        active INTEGER NOT NULL DEFAULT 1,
+        disabled_reason TEXT,
+        secret TEXT NOT NULL,
+        previous_secrets TEXT NOT NULL DEFAULT '[]',
+        signature TEXT NOT NULL DEFAULT '{"scheme":"standard"}',
+        format TEXT NOT NULL DEFAULT '"json"',
+        headers TEXT NOT NULL DEFAULT '{}',
+        delay_s REAL NOT NULL DEFAULT 0,
+        rate_limit_per_s REAL,
+        max_in_flight INTEGER,
+        ordered INTEGER NOT NULL DEFAULT 0,
+        last_success_at INTEGER,
+        failing_since INTEGER,
+        deleted_at INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX endpoints_tenant ON endpoints(tenant, seq) WHERE deleted_at IS NULL;
+
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        type TEXT NOT NULL,
+        tenant TEXT,
+        payload BLOB NOT NULL,
+        body_hash BLOB,
+        deliver_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX events_created ON events(created_at);
+    CREATE INDEX events_type ON events(type, seq);
+    CREATE INDEX events_tenant ON events(tenant, seq);
+
+    CREATE TABLE deliveries (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        event_id TEXT NOT NULL REFERENCES events(id) ON DELETE CASCADE,
+        event_type TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        tenant TEXT,
+        status TEXT NOT NULL,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        format_index INTEGER NOT NULL DEFAULT 0,
+        manual INTEGER NOT NULL DEFAULT 0,
+        resume_at INTEGER,
+        next_attempt_at INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    -- The claim index: only pending rows are in it, ordered by due time per endpoint, so a
+    -- claim reads O(batch) entries however large the backlog.
+    CREATE INDEX deliveries_due ON deliveries(endpoint_id, next_attempt_at)
+        WHERE status = 'pending';
+    -- Publish order per endpoint, for ordered endpoints.
+    CREATE INDEX deliveries_ordered ON deliveries(endpoint_id, seq) WHERE status = 'pending';
+    CREATE INDEX deliveries_event ON deliveries(event_id);
+    CREATE INDEX deliveries_endpoint ON deliveries(endpoint_id, seq);
+    CREATE INDEX deliveries_status ON deliveries(status, seq);
+    CREATE INDEX deliveries_delivering ON deliveries(status) WHERE status = 'delivering';
+
+    CREATE TABLE attempts (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        delivery_id TEXT NOT NULL REFERENCES deliveries(id) ON DELETE CASCADE,
+        number INTEGER NOT NULL,
+        started_at INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        trigger TEXT NOT NULL,
+        format TEXT NOT NULL,
+        request_headers TEXT NOT NULL,
+        status_code INTEGER,
+        response_headers TEXT NOT NULL,
+        response_body TEXT NOT NULL,
+        error_kind TEXT,
+        error_message TEXT
+    );
+    CREATE INDEX attempts_delivery ON attempts(delivery_id, number);
+    """,
+]

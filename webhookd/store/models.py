@@ -1,0 +1,175 @@
+"""The objects the store hands out and takes in: events, endpoints, deliveries, attempts.
+
+Plain frozen dataclasses with no database in them, so the API and the dispatcher speak
+in terms of webhookd's own nouns and a second backend only has to produce the same ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from webhookd.signing import SignatureSpec
+
+DELIVERY_STATES = ("pending", "delivering", "delivered", "failed", "skipped", "cancelled")
+FINAL_STATES = ("delivered", "failed", "skipped", "cancelled")
+BUILTIN_EVENT_TYPES = {
+    "webhookd.test": "A test event sent with POST /v1/endpoints/{id}/test.",
+    "webhookd.endpoint.disabled": "webhookd disabled an endpoint (gone or failing).",
+    "webhookd.delivery.failed": "A delivery gave up after its last retry.",
+    "webhookd.delivery.recovered": "A delivery succeeded after failed attempts.",
+}
+
+
+class StorageError(Exception):
+    """The store cannot read or write (disk full, I/O error, database locked too long)."""
+
+
+class NotFound(Exception):
+    pass
+
+
+class Conflict(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class EventType:
+    name: str
+    description: str
+    source: str  # builtin | config | api
+    created_at: int
+
+
+@dataclass(frozen=True)
+class PreviousSecret:
+    secret: str = field(repr=False)
+    expires_at: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: str
+    url: str
+    tenant: str | None
+    description: str
+    metadata: dict[str, str]
+    events: tuple[str, ...]
+    active: bool
+    disabled_reason: str | None
+    secret: str = field(repr=False)
+    previous_secrets: tuple[PreviousSecret, ...]
+    signature: SignatureSpec
+    formats: tuple[str, ...]
+    format_is_list: bool
+    headers: dict[str, str]
+    delay_s: float
+    rate_limit_per_s: float | None
+    max_in_flight: int | None
+    ordered: bool
+    last_success_at: int | None
+    failing_since: int | None
+    created_at: int
+    updated_at: int
+
+    def signing_secrets(self, now_ms: int) -> list[str]:
+        """The current secret first, then rotated-out ones still within their grace."""
+        return [self.secret] + [p.secret for p in self.previous_secrets if p.expires_at > now_ms]
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    tenant: str | None
+    payload_json: bytes
+    deliver_at: int | None
+    created_at: int
+    seq: int = 0
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    """One event to publish, validated by the caller."""
+
+    id: str
+    type: str
+    tenant: str | None
+    payload_json: bytes
+    body_hash: bytes | None  # set when the caller chose the id: idempotency
+    deliver_at: int | None
+    only_endpoint: str | None = None  # a test event goes to this endpoint alone
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    event: Event
+    deliveries: int
+    created: bool
+    delivery_ids: tuple[str, ...] = ()
+    due: tuple[tuple[str, int], ...] = ()  # (endpoint id, due ms) of each pending delivery
+
+
+@dataclass(frozen=True)
+class Delivery:
+    id: str
+    event_id: str
+    event_type: str
+    endpoint_id: str
+    tenant: str | None
+    status: str
+    attempt_count: int
+    next_attempt_at: int | None
+    created_at: int
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class Attempt:
+    number: int
+    started_at: int
+    duration_ms: int
+    trigger: str
+    format: str
+    request_headers: dict[str, str]
+    status_code: int | None
+    response_headers: dict[str, str]
+    response_body: str
+    error_kind: str | None
+    error_message: str | None
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A delivery the dispatcher now owns, with what it needs to make the request."""
+
+    delivery_id: str
+    endpoint_id: str
+    event: Event
+    attempt_count: int
+    failures: int
+    format_index: int
+    manual: bool
+    resume_at: int | None
+    had_failures: bool
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt did, and what the delivery and its endpoint become."""
+
+    delivery_id: str
+    endpoint_id: str
+    attempt: Attempt
+    status: str  # pending | delivered | failed | skipped
+    next_attempt_at: int | None
+    failures: int
+    format_index: int
+    success: bool
+    disable_reason: str | None = None  # disable the endpoint at once ("gone")
+
+
+@dataclass(frozen=True)
+class Page:
+    data: list[Any]
+    next_cursor: str | None

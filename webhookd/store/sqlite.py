@@ -1,0 +1,1014 @@
+"""The SQLite store: the only code that speaks SQL.
+
+One write connection driven by the group-commit Writer, one read connection for the API's
+queries (WAL lets it read while a write is in progress). Endpoints and the event-type
+catalog are small and read on every publish, so they are also kept in memory and updated
+after each committed change; deliveries, the backlog, stay on disk.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import sqlite3
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+import orjson
+
+from webhookd.config import EventTypeDecl
+from webhookd.ids import new_id
+from webhookd.matching import subscribed
+from webhookd.signing import SignatureSpec
+from webhookd.store.migrations import MIGRATIONS
+from webhookd.store.models import (
+    BUILTIN_EVENT_TYPES,
+    Attempt,
+    Claimed,
+    Conflict,
+    Delivery,
+    Endpoint,
+    Event,
+    EventType,
+    NewEvent,
+    NotFound,
+    Outcome,
+    Page,
+    PreviousSecret,
+    PublishResult,
+    StorageError,
+)
+from webhookd.store.writer import Writer
+from webhookd.timefmt import now_ms
+
+BUSY_TIMEOUT_MS = 5000
+_DELIVERY_COLS = (
+    "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
+    "next_attempt_at, created_at, updated_at, seq"
+)
+_ENDPOINT_COLS = (
+    "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
+    "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
+    "ordered, last_success_at, failing_since, created_at, updated_at, seq"
+)
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"c1:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+        tag, _, seq = text.partition(":")
+        if tag != "c1" or not seq.isdigit() or len(seq) > 18:
+            raise ValueError
+        return int(seq)
+    except (ValueError, UnicodeError):
+        raise BadCursor("cursor is not one this server handed out") from None
+
+
+def body_hash(event_type: str, tenant: str | None, payload: Any, deliver_at: int | None) -> bytes:
+    """What 'the same body' means for idempotent publishing: type, tenant, payload and
+    deliver_at, with object keys sorted so that key order does not matter."""
+    canonical = orjson.dumps(
+        {"type": event_type, "tenant": tenant, "payload": payload, "deliver_at": deliver_at},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return hashlib.sha256(canonical).digest()
+
+
+def _endpoint_from_row(row: Sequence[Any]) -> Endpoint:
+    fmt = orjson.loads(row[11])
+    sig = orjson.loads(row[10])
+    return Endpoint(
+        id=row[0],
+        url=row[1],
+        tenant=row[2],
+        description=row[3],
+        metadata=orjson.loads(row[4]),
+        events=tuple(orjson.loads(row[5])),
+        active=bool(row[6]),
+        disabled_reason=row[7],
+        secret=row[8],
+        previous_secrets=tuple(
+            PreviousSecret(secret=p["secret"], expires_at=p["expires_at"])
+            for p in orjson.loads(row[9])
+        ),
+        signature=SignatureSpec(
+            scheme=sig.get("scheme", "standard"),
+            header=sig.get("header"),
+            timestamp_header=sig.get("timestamp_header"),
+        ),
+        formats=tuple(fmt) if isinstance(fmt, list) else (fmt,),
+        format_is_list=isinstance(fmt, list),
+        headers=orjson.loads(row[12]),
+        delay_s=row[13],
+        rate_limit_per_s=row[14],
+        max_in_flight=row[15],
+        ordered=bool(row[16]),
+        last_success_at=row[17],
+        failing_since=row[18],
+        created_at=row[19],
+        updated_at=row[20],
+    )
+
+
+def _delivery_from_row(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        event_id=row[1],
+        event_type=row[2],
+        endpoint_id=row[3],
+        tenant=row[4],
+        status=row[5],
+        attempt_count=row[6],
+        next_attempt_at=row[7] if row[5] == "pending" else None,
+        created_at=row[8],
+        updated_at=row[9],
+    )
+
+
+def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
+    """API-level endpoint fields to column values."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in ("metadata", "headers", "events", "format", "signature", "previous_secrets"):
+            out["format" if key == "format" else key] = orjson.dumps(value).decode()
+        elif key in ("active", "ordered"):
+            out[key] = 1 if value else 0
+        else:
+            out[key] = value
+    return out
+
+
+class SQLiteStore:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._w: aiosqlite.Connection | None = None
+        self._r: aiosqlite.Connection | None = None
+        self.writer: Writer | None = None
+        self.endpoints: dict[str, Endpoint] = {}
+        self.event_types: dict[str, EventType] = {}
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def open(self) -> None:
+        _create_private(self.path)
+        try:
+            self._w = await self._connect()
+            await self._migrate(self._w)
+            self._r = await self._connect()
+        except sqlite3.Error as exc:
+            await self.close()
+            raise StorageError(f"cannot open database {self.path}: {exc}") from None
+        self.writer = Writer(self._w)
+        self.writer.start()
+        await self._load_caches()
+
+    async def _connect(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        # WAL lets the API read while the writer writes; FULL fsyncs the WAL on every commit
+        # so an accepted event survives power loss, not just a process crash.
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=FULL")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA temp_store=MEMORY")
+        _restrict_files(self.path)
+        return conn
+
+    async def _migrate(self, conn: aiosqlite.Connection) -> None:
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        if version > len(MIGRATIONS):
+            raise StorageError(
+                f"database {self.path} has schema version {version}, newer than this "
+                f"webhookd understands ({len(MIGRATIONS)}); upgrade webhookd"
+            )
+        for i in range(version, len(MIGRATIONS)):
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(MIGRATIONS[i]):
+                    await conn.execute(statement)
+                await conn.execute(f"PRAGMA user_version={i + 1}")
+                await conn.commit()
+            except BaseException:
+                await conn.rollback()
+                raise
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+            self.writer = None
+        for conn in (self._r, self._w):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+        self._r = self._w = None
+
+    @property
+    def _read(self) -> aiosqlite.Connection:
+        if self._r is None:
+            raise StorageError("the store is closed")
+        return self._r
+
+    def _writer(self) -> Writer:
+        if self.writer is None:
+            raise StorageError("the store is closed")
+        return self.writer
+
+    async def _load_caches(self) -> None:
+        async with self._read.execute(
+            f"SELECT {_ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL"
+        ) as cur:
+            self.endpoints = {r[0]: _endpoint_from_row(r) for r in await cur.fetchall()}
+        async with self._read.execute(
+            "SELECT name, description, source, created_at FROM event_types"
+        ) as cur:
+            self.event_types = {r[0]: EventType(*r) for r in await cur.fetchall()}
+
+    async def writable(self) -> bool:
+        """Whether a write transaction can commit now (for readiness)."""
+        try:
+            await self._writer().run(lambda c: c.execute("SELECT 1"))
+        except (StorageError, sqlite3.Error):
+            return False
+        return True
+
+    # --- event types ----------------------------------------------------------------
+
+    async def sync_event_types(self, declared: Iterable[EventTypeDecl]) -> None:
+        """Make the built-in and config-declared types exist (config wins descriptions)."""
+        now = now_ms()
+        rows = [(n, d, "builtin", now) for n, d in BUILTIN_EVENT_TYPES.items()]
+        rows += [(d.name, d.description, "config", now) for d in declared]
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.execute("UPDATE event_types SET source='api' WHERE source='config'")
+            await conn.executemany(
+                "INSERT INTO event_types(name, description, source, created_at) "
+                "VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "description=excluded.description, source=excluded.source",
+                rows,
+            )
+
+        await self._writer().run(job)
+        await self._load_caches()
+
+    def has_event_type(self, name: str) -> bool:
+        return name in self.event_types
+
+    async def create_event_type(self, name: str, description: str) -> EventType:
+        et = EventType(name=name, description=description, source="api", created_at=now_ms())
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            try:
+                await conn.execute(
+                    "INSERT INTO event_types(name, description, source, created_at) "
+                    "VALUES (?,?,?,?)",
+                    (et.name, et.description, et.source, et.created_at),
+                )
+            except sqlite3.IntegrityError:
+                raise Conflict(f"event type {name} already exists") from None
+
+        await self._writer().run(job)
+        self.event_types[name] = et
+        return et
+
+    async def delete_event_type(self, name: str) -> None:
+        et = self.event_types.get(name)
+        if et is None:
+            raise NotFound(f"no event type named {name}")
+        if et.source == "builtin":
+            raise Conflict(f"{name} is built into webhookd and cannot be deleted")
+        if et.source == "config":
+            raise Conflict(f"{name} is declared in the config file; remove it there and reload")
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.execute("DELETE FROM event_types WHERE name=?", (name,))
+
+        await self._writer().run(job)
+        self.event_types.pop(name, None)
+
+    def list_event_types(self) -> list[EventType]:
+        return sorted(self.event_types.values(), key=lambda e: e.name)
+
+    # --- endpoints ------------------------------------------------------------------
+
+    async def create_endpoint(self, fields: Mapping[str, Any]) -> Endpoint:
+        now = now_ms()
+        cols = endpoint_columns(fields)
+        cols.update(id=new_id("ep"), created_at=now, updated_at=now)
+        names = ", ".join(cols)
+        marks = ", ".join("?" for _ in cols)
+
+        async def job(conn: aiosqlite.Connection) -> Endpoint:
+            await conn.execute(
+                f"INSERT INTO endpoints({names}) VALUES ({marks})", tuple(cols.values())
+            )
+            return await self._fetch_endpoint(conn, cols["id"])
+
+        ep: Endpoint = await self._writer().run(job)
+        self.endpoints[ep.id] = ep
+        return ep
+
+    async def _fetch_endpoint(self, conn: aiosqlite.Connection, endpoint_id: str) -> Endpoint:
+        async with conn.execute(
+            f"SELECT {_ENDPOINT_COLS} FROM endpoints WHERE id=? AND deleted_at IS NULL",
+            (endpoint_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no endpoint with id {endpoint_id}")
+        return _endpoint_from_row(row)
+
+    def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None:
+            raise NotFound(f"no endpoint with id {endpoint_id}")
+        return ep
+
+    async def list_endpoints(
+        self, *, tenant: Any = ..., active: bool | None = None, cursor: str | None, limit: int
+    ) -> Page:
+        where, args = ["deleted_at IS NULL"], []
+        if tenant is not ...:
+            where.append("tenant IS ?")
+            args.append(tenant)
+        if active is not None:
+            where.append("active=?")
+            args.append(1 if active else 0)
+        rows, nxt = await self._page("endpoints", _ENDPOINT_COLS, where, args, cursor, limit)
+        return Page([_endpoint_from_row(r) for r in rows], nxt)
+
+    async def update_endpoint(self, endpoint_id: str, changes: Mapping[str, Any]) -> Endpoint:
+        """Apply field changes; deactivating turns pending deliveries into `skipped`."""
+        cols = endpoint_columns(changes)
+        now = now_ms()
+        cols["updated_at"] = now
+
+        async def job(conn: aiosqlite.Connection) -> Endpoint:
+            before = await self._fetch_endpoint(conn, endpoint_id)
+            sets = ", ".join(f"{k}=?" for k in cols)
+            await conn.execute(
+                f"UPDATE endpoints SET {sets} WHERE id=? AND deleted_at IS NULL",
+                (*cols.values(), endpoint_id),
+            )
+            if before.active and cols.get("active") == 0:
+                await self._skip_pending(conn, endpoint_id, now)
+            return await self._fetch_endpoint(conn, endpoint_id)
+
+        ep: Endpoint = await self._writer().run(job)
+        self.endpoints[ep.id] = ep
+        return ep
+
+    async def _skip_pending(self, conn: aiosqlite.Connection, endpoint_id: str, now: int) -> None:
+        await conn.execute(
+            "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, manual=0, "
+            "updated_at=? WHERE endpoint_id=? AND status='pending'",
+            (now, endpoint_id),
+        )
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        now = now_ms()
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            cur = await conn.execute(
+                "UPDATE endpoints SET deleted_at=?, active=0, updated_at=? "
+                "WHERE id=? AND deleted_at IS NULL",
+                (now, now, endpoint_id),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no endpoint with id {endpoint_id}")
+            await conn.execute(
+                "UPDATE deliveries SET status='cancelled', next_attempt_at=NULL, manual=0, "
+                "updated_at=? WHERE endpoint_id=? AND status IN ('pending','delivering')",
+                (now, endpoint_id),
+            )
+
+        await self._writer().run(job)
+        self.endpoints.pop(endpoint_id, None)
+
+    async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
+        now = now_ms()
+
+        async def job(conn: aiosqlite.Connection) -> Endpoint:
+            ep = await self._fetch_endpoint(conn, endpoint_id)
+            keep = [
+                {"secret": p.secret, "expires_at": p.expires_at}
+                for p in ep.previous_secrets
+                if p.expires_at > now
+            ]
+            if grace_s > 0:
+                keep.insert(0, {"secret": ep.secret, "expires_at": now + int(grace_s * 1000)})
+            await conn.execute(
+                "UPDATE endpoints SET secret=?, previous_secrets=?, updated_at=? WHERE id=?",
+                (new_secret, orjson.dumps(keep).decode(), now, endpoint_id),
+            )
+            return await self._fetch_endpoint(conn, endpoint_id)
+
+        ep: Endpoint = await self._writer().run(job)
+        self.endpoints[ep.id] = ep
+        return ep
+
+    # --- publishing -----------------------------------------------------------------
+
+    async def publish(self, events: Sequence[NewEvent]) -> list[PublishResult]:
+        """Commit events and their deliveries (one transaction, shared with concurrent
+        publishes). Raises Conflict if an id exists with a different body; then nothing
+        of this call is stored."""
+        result: list[PublishResult] = await self._writer().run_merged(
+            _publish_merged, (self, events)
+        )
+        return result
+
+    def _fan_out(self, ev: NewEvent) -> list[Endpoint]:
+        if ev.only_endpoint is not None:
+            ep = self.endpoints.get(ev.only_endpoint)
+            return [ep] if ep else []
+        return [
+            ep
+            for ep in self.endpoints.values()
+            if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
+        ]
+
+    async def get_event(self, event_id: str) -> tuple[Event, list[Delivery]]:
+        async with self._read.execute(
+            "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events WHERE id=?",
+            (event_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no event with id {event_id}")
+        async with self._read.execute(
+            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE event_id=? ORDER BY seq",
+            (event_id,),
+        ) as cur:
+            deliveries = [_delivery_from_row(r) for r in await cur.fetchall()]
+        return Event(*row), deliveries
+
+    async def list_events(
+        self,
+        *,
+        event_type: str | None = None,
+        tenant: Any = ...,
+        since: int | None = None,
+        until: int | None = None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        if event_type is not None:
+            where.append("type=?")
+            args.append(event_type)
+        if tenant is not ...:
+            where.append("tenant IS ?")
+            args.append(tenant)
+        _window(where, args, since, until)
+        rows, nxt = await self._page(
+            "events",
+            "id, type, tenant, payload, deliver_at, created_at, seq",
+            where,
+            args,
+            cursor,
+            limit,
+        )
+        return Page([Event(*r) for r in rows], nxt)
+
+    # --- deliveries -----------------------------------------------------------------
+
+    async def list_deliveries(
+        self,
+        *,
+        endpoint_id: str | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        status: str | None = None,
+        tenant: Any = ...,
+        since: int | None = None,
+        until: int | None = None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        where: list[str] = []
+        args: list[Any] = []
+        for col, val in (
+            ("endpoint_id", endpoint_id),
+            ("event_id", event_id),
+            ("event_type", event_type),
+            ("status", status),
+        ):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if tenant is not ...:
+            where.append("tenant IS ?")
+            args.append(tenant)
+        _window(where, args, since, until)
+        rows, nxt = await self._page("deliveries", _DELIVERY_COLS, where, args, cursor, limit)
+        return Page([_delivery_from_row(r) for r in rows], nxt)
+
+    async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[Attempt]]:
+        async with self._read.execute(
+            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise NotFound(f"no delivery with id {delivery_id}")
+        async with self._read.execute(
+            "SELECT number, started_at, duration_ms, trigger, format, request_headers, "
+            "status_code, response_headers, response_body, error_kind, error_message "
+            "FROM attempts WHERE delivery_id=? ORDER BY number",
+            (delivery_id,),
+        ) as cur:
+            attempts = [
+                Attempt(
+                    number=r[0],
+                    started_at=r[1],
+                    duration_ms=r[2],
+                    trigger=r[3],
+                    format=r[4],
+                    request_headers=orjson.loads(r[5]),
+                    status_code=r[6],
+                    response_headers=orjson.loads(r[7]),
+                    response_body=r[8],
+                    error_kind=r[9],
+                    error_message=r[10],
+                )
+                for r in await cur.fetchall()
+            ]
+        return _delivery_from_row(row), attempts
+
+    async def retry_delivery(self, delivery_id: str) -> Delivery:
+        """Make a delivery due now for one manual attempt, whatever its state."""
+        now = now_ms()
+
+        async def job(conn: aiosqlite.Connection) -> Delivery:
+            async with conn.execute(
+                "SELECT status, endpoint_id FROM deliveries WHERE id=?", (delivery_id,)
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no delivery with id {delivery_id}")
+            status, endpoint_id = row
+            ep = self.endpoints.get(endpoint_id)
+            if ep is None:
+                raise Conflict("the endpoint of this delivery was deleted; it cannot be retried")
+            if not ep.active:
+                raise Conflict(
+                    "the endpoint of this delivery is disabled; re-enable it with "
+                    'PATCH {"active": true} or use recover'
+                )
+            if status == "delivering":
+                raise Conflict("an attempt of this delivery is in progress; try again shortly")
+            await conn.execute(
+                "UPDATE deliveries SET manual=1, "
+                "resume_at=CASE WHEN status='pending' THEN next_attempt_at END, "
+                "status='pending', next_attempt_at=?, updated_at=? WHERE id=?",
+                (now, now, delivery_id),
+            )
+            async with conn.execute(
+                f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
+            ) as cur:
+                updated = await cur.fetchone()
+            assert updated is not None
+            return _delivery_from_row(updated)
+
+        result: Delivery = await self._writer().run(job)
+        return result
+
+    # --- the dispatcher's side --------------------------------------------------------
+
+    async def requeue_interrupted(self) -> int:
+        """Deliveries left `delivering` by a crash become due again at once."""
+        now = now_ms()
+
+        async def job(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "UPDATE deliveries SET status='pending', next_attempt_at=?, updated_at=? "
+                "WHERE status='delivering'",
+                (now, now),
+            )
+            return cur.rowcount
+
+        count: int = await self._writer().run(job)
+        return count
+
+    async def release(self, delivery_ids: Sequence[str]) -> None:
+        """Give claimed deliveries back unattempted (shutdown)."""
+        if not delivery_ids:
+            return
+        now = now_ms()
+
+        async def job(conn: aiosqlite.Connection) -> None:
+            await conn.executemany(
+                "UPDATE deliveries SET status='pending', next_attempt_at=MIN("
+                "COALESCE(next_attempt_at, ?), ?), updated_at=? "
+                "WHERE id=? AND status='delivering'",
+                [(now, now, now, d) for d in delivery_ids],
+            )
+
+        await self._writer().run(job)
+
+    async def next_due(self, endpoint_ids: Iterable[str]) -> dict[str, int | None]:
+        out: dict[str, int | None] = {}
+        for endpoint_id in endpoint_ids:
+            async with self._read.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries "
+                "WHERE endpoint_id=? AND status='pending'",
+                (endpoint_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            out[endpoint_id] = row[0] if row else None
+        return out
+
+    async def claim(
+        self, wants: Mapping[str, int], now: int
+    ) -> tuple[list[Claimed], dict[str, int | None]]:
+        """Claim up to wants[endpoint] due deliveries per endpoint, in one statement.
+
+        Returns the claimed deliveries and, for endpoints that got fewer than they asked
+        for, when their next pending delivery is due (None: nothing pending)."""
+        result: tuple[list[Claimed], dict[str, int | None]] = await self._writer().run(
+            lambda conn: self._claim_job(conn, wants, now)
+        )
+        return result
+
+    async def _claim_job(
+        self, conn: aiosqlite.Connection, wants: Mapping[str, int], now: int
+    ) -> tuple[list[Claimed], dict[str, int | None]]:
+        parts: list[str] = []
+        args: list[Any] = []
+        for endpoint_id, n in wants.items():
+            ep = self.endpoints.get(endpoint_id)
+            if ep is not None and ep.ordered:
+                # Strictly in publish order: only the oldest pending delivery, if it is due.
+                parts.append(
+                    "SELECT id FROM (SELECT id, next_attempt_at FROM deliveries "
+                    "WHERE endpoint_id=? AND status='pending' ORDER BY seq LIMIT 1) "
+                    "WHERE next_attempt_at<=?"
+                )
+                args += [endpoint_id, now]
+            else:
+                parts.append(
+                    "SELECT id FROM (SELECT id FROM deliveries WHERE endpoint_id=? AND "
+                    "status='pending' AND next_attempt_at<=? ORDER BY next_attempt_at LIMIT ?)"
+                )
+                args += [endpoint_id, now, n]
+        claimed: list[Claimed] = []
+        counts: dict[str, int] = dict.fromkeys(wants, 0)
+        if parts:
+            sql = (
+                "UPDATE deliveries SET status='delivering', updated_at=? WHERE id IN ("
+                + " UNION ALL ".join(parts)
+                + ") RETURNING id, endpoint_id, event_id, attempt_count, failures, "
+                "format_index, manual, resume_at"
+            )
+            async with conn.execute(sql, (now, *args)) as cur:
+                rows = list(await cur.fetchall())
+            events = await self._events_by_id(conn, {r[2] for r in rows})
+            for r in rows:
+                counts[r[1]] += 1
+                claimed.append(
+                    Claimed(
+                        delivery_id=r[0],
+                        endpoint_id=r[1],
+                        event=events[r[2]],
+                        attempt_count=r[3],
+                        failures=r[4],
+                        format_index=r[5],
+                        manual=bool(r[6]),
+                        resume_at=r[7],
+                        had_failures=r[3] > 0,
+                    )
+                )
+        next_due: dict[str, int | None] = {}
+        for endpoint_id, n in wants.items():
+            ep = self.endpoints.get(endpoint_id)
+            if counts[endpoint_id] >= n and not (ep is not None and ep.ordered):
+                continue
+            if ep is not None and ep.ordered:
+                sql = (
+                    "SELECT next_attempt_at FROM deliveries WHERE endpoint_id=? AND "
+                    "status='pending' ORDER BY seq LIMIT 1"
+                )
+            else:
+                sql = (
+                    "SELECT MIN(next_attempt_at) FROM deliveries WHERE endpoint_id=? AND "
+                    "status='pending'"
+                )
+            async with conn.execute(sql, (endpoint_id,)) as cur:
+                row = await cur.fetchone()
+            next_due[endpoint_id] = row[0] if row else None
+        return claimed, next_due
+
+    async def _events_by_id(self, conn: aiosqlite.Connection, ids: set[str]) -> dict[str, Event]:
+        out: dict[str, Event] = {}
+        id_list = list(ids)
+        for i in range(0, len(id_list), 500):
+            chunk = id_list[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            async with conn.execute(
+                "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events "
+                f"WHERE id IN ({marks})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    out[r[0]] = Event(*r)
+        return out
+
+    async def record(self, outcome: Outcome) -> None:
+        """Store one attempt and the delivery's new state (batched with others)."""
+        await self._writer().run_merged(_record_merged, (self, outcome))
+
+    def refresh_endpoint_health(self, endpoint_id: str, **changes: Any) -> None:
+        ep = self.endpoints.get(endpoint_id)
+        if ep is None:
+            return
+        from dataclasses import replace
+
+        self.endpoints[endpoint_id] = replace(ep, **changes)
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def _page(
+        self,
+        table: str,
+        cols: str,
+        where: list[str],
+        args: list[Any],
+        cursor: str | None,
+        limit: int,
+    ) -> tuple[list[Any], str | None]:
+        where = list(where)
+        args = list(args)
+        if cursor:
+            where.append("seq < ?")
+            args.append(decode_cursor(cursor))
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        async with self._read.execute(
+            f"SELECT {cols} FROM {table} {clause} ORDER BY seq DESC LIMIT ?",
+            (*args, limit + 1),
+        ) as cur:
+            rows = list(await cur.fetchall())
+        nxt = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            nxt = encode_cursor(rows[-1][-1])
+        return rows, nxt
+
+
+def _window(where: list[str], args: list[Any], since: int | None, until: int | None) -> None:
+    if since is not None:
+        where.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("created_at < ?")
+        args.append(until)
+
+
+async def _publish_merged(
+    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
+) -> list[Any]:
+    """All publishes queued in one batch: find existing ids, then two bulk inserts."""
+    store = items[0][0]
+    now = now_ms()
+    wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
+    existing: dict[str, tuple[Event, bytes | None]] = {}
+    if wanted_ids:
+        id_list = list(wanted_ids)
+        for i in range(0, len(id_list), 500):
+            chunk = id_list[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            async with conn.execute(
+                "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
+                f"FROM events WHERE id IN ({marks})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    existing[r[0]] = (Event(*r[:7]), r[7])
+    event_rows: list[tuple[Any, ...]] = []
+    delivery_rows: list[tuple[Any, ...]] = []
+    outputs: list[Any] = []
+    existing_counts: dict[str, int] = {}
+    for _, evs in items:
+        results: list[PublishResult] = []
+        staged_events: list[tuple[Any, ...]] = []
+        staged_deliveries: list[tuple[Any, ...]] = []
+        staged_existing: dict[str, tuple[Event, bytes | None]] = {}
+        conflict: Conflict | None = None
+        for index, ev in enumerate(evs):
+            prior = existing.get(ev.id) or staged_existing.get(ev.id)
+            if prior is not None:
+                if prior[1] != ev.body_hash:
+                    where = f" (events[{index}])" if len(evs) > 1 else ""
+                    conflict = Conflict(
+                        f"event id {ev.id}{where} was already used with a different body"
+                    )
+                    break
+                results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
+                continue
+            event = Event(
+                id=ev.id,
+                type=ev.type,
+                tenant=ev.tenant,
+                payload_json=ev.payload_json,
+                deliver_at=ev.deliver_at,
+                created_at=now,
+            )
+            staged_existing[ev.id] = (event, ev.body_hash)
+            staged_events.append(
+                (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+            )
+            ids: list[str] = []
+            due_list: list[tuple[str, int]] = []
+            for ep in store._fan_out(ev):
+                delivery_id = new_id("dlv")
+                ids.append(delivery_id)
+                due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
+                status = "pending" if ep.active else "skipped"
+                if ep.active:
+                    due_list.append((ep.id, due))
+                delivery_rows_entry = (
+                    delivery_id,
+                    ev.id,
+                    ev.type,
+                    ep.id,
+                    ev.tenant,
+                    status,
+                    due if status == "pending" else None,
+                    now,
+                    now,
+                )
+                staged_deliveries.append(delivery_rows_entry)
+            results.append(
+                PublishResult(
+                    event=event,
+                    deliveries=len(ids),
+                    created=True,
+                    delivery_ids=tuple(ids),
+                    due=tuple(due_list),
+                )
+            )
+        if conflict is not None:
+            outputs.append(conflict)
+            continue
+        existing.update(staged_existing)
+        event_rows += staged_events
+        delivery_rows += staged_deliveries
+        outputs.append(results)
+    if event_rows:
+        await conn.executemany(
+            "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            event_rows,
+        )
+    if delivery_rows:
+        await conn.executemany(
+            "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
+            "next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            delivery_rows,
+        )
+    # Idempotent repeats report the delivery count of the original event.
+    for out in outputs:
+        if isinstance(out, list):
+            for i, res in enumerate(out):
+                if res.deliveries == -1:
+                    eid = res.event.id
+                    if eid not in existing_counts:
+                        async with conn.execute(
+                            "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
+                        ) as cur:
+                            row = await cur.fetchone()
+                        existing_counts[eid] = int(row[0]) if row else 0
+                    out[i] = PublishResult(
+                        event=res.event, deliveries=existing_counts[eid], created=False
+                    )
+    return outputs
+
+
+async def _record_merged(
+    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Outcome]]
+) -> list[Any]:
+    """All attempt outcomes queued in one batch, written with a few bulk statements."""
+    store = items[0][0]
+    now = now_ms()
+    attempts = []
+    updates = []
+    for _, o in items:
+        a = o.attempt
+        attempts.append(
+            (
+                o.delivery_id,
+                a.number,
+                a.started_at,
+                a.duration_ms,
+                a.trigger,
+                a.format,
+                orjson.dumps(a.request_headers).decode(),
+                a.status_code,
+                orjson.dumps(a.response_headers).decode(),
+                a.response_body,
+                a.error_kind,
+                a.error_message,
+            )
+        )
+        updates.append(
+            (o.status, a.number, o.failures, o.format_index, o.next_attempt_at, now, o.delivery_id)
+        )
+    await conn.executemany(
+        "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
+        "request_headers, status_code, response_headers, response_body, error_kind, "
+        "error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        attempts,
+    )
+    # Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state.
+    await conn.executemany(
+        "UPDATE deliveries SET status=?, attempt_count=MAX(attempt_count, ?), failures=?, "
+        "format_index=?, next_attempt_at=?, manual=0, resume_at=NULL, updated_at=? "
+        "WHERE id=? AND status='delivering'",
+        updates,
+    )
+    await _endpoint_health(conn, store, [o for _, o in items], now)
+    return [None] * len(items)
+
+
+async def _endpoint_health(
+    conn: aiosqlite.Connection, store: SQLiteStore, outcomes: list[Outcome], now: int
+) -> None:
+    latest: dict[str, Outcome] = {}
+    disable: dict[str, str] = {}
+    for o in outcomes:
+        latest[o.endpoint_id] = o
+        if o.disable_reason:
+            disable[o.endpoint_id] = o.disable_reason
+    for endpoint_id, o in latest.items():
+        if o.success:
+            await conn.execute(
+                "UPDATE endpoints SET last_success_at=?, failing_since=NULL WHERE id=?",
+                (now, endpoint_id),
+            )
+            store.refresh_endpoint_health(endpoint_id, last_success_at=now, failing_since=None)
+        else:
+            await conn.execute(
+                "UPDATE endpoints SET failing_since=COALESCE(failing_since, ?) WHERE id=?",
+                (o.attempt.started_at, endpoint_id),
+            )
+            ep = store.endpoints.get(endpoint_id)
+            if ep is not None and ep.failing_since is None:
+                store.refresh_endpoint_health(endpoint_id, failing_since=o.attempt.started_at)
+    for endpoint_id, reason in disable.items():
+        await conn.execute(
+            "UPDATE endpoints SET active=0, disabled_reason=?, updated_at=? "
+            "WHERE id=? AND deleted_at IS NULL",
+            (reason, now, endpoint_id),
+        )
+        await store._skip_pending(conn, endpoint_id, now)
+        store.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)
+
+
+def _split_sql(script: str) -> list[str]:
+    statements: list[str] = []
+    current: list[str] = []
+    for line in script.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("--") or not stripped:
+            continue
+        current.append(line)
+        if stripped.endswith(";"):
+            statements.append("\n".join(current))
+            current = []
+    if current:
+        statements.append("\n".join(current))
+    return statements
+
+
+def _create_private(path: str) -> None:
+    """Create the database file with mode 0600 before SQLite does (which would use 0644)."""
+    p = Path(path)
+    if p.parent and not p.parent.exists():
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        os.close(fd)
+    except FileExistsError:
+        pass
+
+
+def _restrict_files(path: str) -> None:
+    """SQLite creates -wal and -shm with the database file's mode; make sure of 0600."""
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(path + suffix, 0o600)

@@ -1,0 +1,40 @@
+"""Time as the store keeps it (integer Unix milliseconds) and as the API shows it (RFC 3339)."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def to_rfc3339(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+def parse_rfc3339(text: str) -> int:
+    """RFC 3339 (or ISO 8601 with an offset) to Unix ms; ValueError if it is not one.
+
+    A bare date-time without an offset is refused: the contract's times are UTC and an
+    unzoned time is ambiguous.
+    """
+    if not isinstance(text, str) or len(text) > 64:
+        raise ValueError("expected an RFC 3339 timestamp such as 2026-01-31T12:00:00Z")
+    candidate = text.strip()
+    if candidate[-1:] in ("z", "Z"):
+        candidate = candidate[:-1] + "+00:00"
+    try:
+        dt = datetime.fromisoformat(candidate)
+    except ValueError:
+        raise ValueError("expected an RFC 3339 timestamp such as 2026-01-31T12:00:00Z") from None
+    if dt.tzinfo is None:
+        raise ValueError("expected a timestamp with a time zone, e.g. 2026-01-31T12:00:00Z")
+    try:
+        return int(dt.timestamp() * 1000)
+    except (OverflowError, OSError, ValueError):
+        raise ValueError("timestamp out of range") from None
