@@ -227,3 +227,40 @@ async def test_delay_s_holds_the_first_attempt(daemon: Daemon, receiver: Receive
     assert r.json["data"][0]["next_attempt_at"] is not None
     await receiver.wait_for(1)
     assert receiver.received[0].at - started >= 0.9
+
+
+async def test_all_workers_busy_does_not_stall_delivery(
+    make_daemon: object, receiver: Receiver
+) -> None:
+    """With every worker in use, a worker freed after its outcome is written must wake
+    the dispatcher (regression: the backlog stalled when workers == per-endpoint limit)."""
+    d: Daemon = await make_daemon(  # type: ignore[operator]
+        {"delivery": {"workers": 4, "max_in_flight_per_endpoint": 4}}
+    )
+    await d.endpoint(receiver.url)
+    events = [{"type": "call.completed", "payload": {"n": i}} for i in range(300)]
+    r = await d.post("/v1/events/batch", {"events": events})
+    assert r.status == 202
+    await receiver.wait_for(300, timeout=30)
+    assert len(set(receiver.event_ids())) == 300
+
+
+async def test_payload_is_delivered_exactly_as_published(
+    daemon: Daemon, receiver: Receiver
+) -> None:
+    """Big integers, deep nesting and unusual Unicode survive unchanged."""
+    payload = {
+        "big": 123456789012345678901234567890,
+        "neg": -(2**70),
+        "float": 0.1,
+        "text": "zero\u200bwidth \U0001f600 \u202eRTL",
+        "nested": {"a": [1, {"b": [None, True, False]}]},
+    }
+    raw = json.dumps({"type": "call.completed", "payload": payload}).encode()
+    await daemon.endpoint(receiver.url)
+    r = await daemon.request("POST", "/v1/events", data=raw)
+    assert r.status == 202, r
+    [req] = await receiver.wait_for(1)
+    assert json.loads(req.body)["data"] == payload
+    got = (await daemon.get(f"/v1/events/{r.json['id']}")).json
+    assert got["payload"] == payload

@@ -135,8 +135,8 @@ def parse_listen(value: str) -> ListenAddress:
         host, sep, port_text = value[1:].partition("]:")
     else:
         host, sep, port_text = value.rpartition(":")
-    if not sep or not host or not port_text.isdigit():
-        raise ValueError("expected host:port or unix:/path")
+    if not sep or not host or not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError("")
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError("port must be 0-65535")
@@ -163,16 +163,27 @@ class _Reader:
     def fail(self, name: str, expected: str, got: Any) -> None:
         self.problems.append(f"{self.key(name)}: expected {expected}, got {_show(got)}")
 
-    def get(self, name: str, default: T, convert: Callable[[Any], T], expected: str) -> T:
+    def get(
+        self,
+        name: str,
+        default: T,
+        convert: Callable[[Any], T],
+        expected: str,
+        *,
+        secret: bool = False,
+    ) -> T:
         self.seen.add(name)
         if name not in self.data:
             return default
         raw = self.data[name]
         try:
             return convert(raw)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             detail = f" ({exc})" if str(exc) else ""
-            self.fail(name, expected + detail, raw)
+            if secret:  # never echo what may be a key
+                self.problems.append(f"{self.key(name)}: expected {expected}")
+            else:
+                self.fail(name, expected + detail, raw)
             return default
 
     def finish(self) -> None:
@@ -182,7 +193,10 @@ class _Reader:
 
 
 def _show(value: Any) -> str:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an integer too long to print
+        return "a number too large to show"
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -320,7 +334,7 @@ def _read_api_keys(
         elif name in names:
             problems.append(f"{path}.name: duplicate key name {name!r}")
         names.add(name)
-        key = r.get("key", "", _string, "a string")
+        key = r.get("key", "", _string, "a string", secret=True)
         key_env = r.get("key_env", "", _string, "an environment variable name")
         tenant = r.get("tenant", None, _optional_tenant, "null or a tenant name")
         r.finish()
@@ -351,7 +365,7 @@ def _read_api_keys(
 def _optional_tenant(raw: Any) -> str | None:
     if raw is None:
         return None
-    if not isinstance(raw, str) or not TENANT_RE.match(raw):
+    if not isinstance(raw, str) or not TENANT_RE.fullmatch(raw):
         raise ValueError
     return raw
 
@@ -376,7 +390,7 @@ def _read_event_types(parent: _Reader, problems: list[str]) -> tuple[EventTypeDe
         name = r.get("name", "", _string, "a string")
         description = r.get("description", "", _string, "a string")
         r.finish()
-        if not EVENT_TYPE_RE.match(name) or len(name) > 200:
+        if not EVENT_TYPE_RE.fullmatch(name) or len(name) > 200:
             problems.append(
                 f"{path}.name: expected dot-separated segments of [a-zA-Z0-9_-], got {_show(name)}"
             )
@@ -496,6 +510,21 @@ def _nonempty_string(raw: Any) -> str:
     return text
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (YAML would keep the last
+    one silently, hiding a mistake)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str) and key in seen:
+                mark = key_node.start_mark
+                raise ValueError(f"key {key!r} appears twice (line {mark.line + 1})")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str | Path | None, environ: Mapping[str, str] | None = None) -> Config:
     """Read and validate the YAML file at `path`; None means the embedded defaults."""
     if path is None:
@@ -507,7 +536,9 @@ def load_config(path: str | Path | None, environ: Mapping[str, str] | None = Non
     except UnicodeDecodeError:
         raise ConfigError([f"{path}: the config file is not UTF-8 text"]) from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except ValueError as exc:  # e.g. an integer with too many digits, a duplicate key
+        raise ConfigError([f"{path}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -35,6 +35,7 @@ class _EndpointState:
     in_flight: int = 0
     next_due: int | None = None  # ms; None: nothing pending that we know of
     next_send: float = 0.0  # ms; the rate limit's next free slot
+    notified: int = 0  # bumped by every notify, to spot one that raced a claim
 
 
 @dataclass
@@ -94,6 +95,7 @@ class Dispatcher:
     def notify(self, endpoint_id: str, due_ms: int) -> None:
         """A delivery for this endpoint is pending from `due_ms` on (publish, retry, recover)."""
         st = self._state(endpoint_id)
+        st.notified += 1
         if st.next_due is None or due_ms < st.next_due:
             st.next_due = due_ms
         self._wake.set()
@@ -209,13 +211,14 @@ class Dispatcher:
             now = now_ms()
             wants, wake_at = self._wants(now)
             if wants:
+                seen = {e: self._state(e).notified for e in wants}
                 try:
                     claimed, next_due = await self.store.claim(wants, now)
                 except StorageError:
                     log.exception("claim failed; retrying in 1 s")
                     await self._sleep(1.0)
                     continue
-                self._after_claim(wants, claimed, next_due, now)
+                self._after_claim(seen, claimed, next_due)
                 continue
             timeout = None if wake_at is None else max((wake_at - now_ms()) / 1000, 0.0)
             await self._sleep(timeout)
@@ -226,15 +229,18 @@ class Dispatcher:
 
     def _after_claim(
         self,
-        wants: dict[str, int],
+        seen: dict[str, int],
         claimed: list[Claimed],
         next_due: dict[str, int | None],
-        now: int,
     ) -> None:
+        now = now_ms()
         for endpoint_id, due in next_due.items():
             st = self._state(endpoint_id)
-            # A notify that arrived during the claim may know of something sooner.
-            if st.next_due is None or st.next_due <= now or (due is not None and due < st.next_due):
+            if st.notified == seen.get(endpoint_id):
+                st.next_due = due
+            elif due is not None and (st.next_due is None or due < st.next_due):
+                # A notify arrived while the claim ran: its delivery may not have been
+                # visible to the claim, so keep what it said as well.
                 st.next_due = due
         for c in claimed:
             ep = self.store.endpoints.get(c.endpoint_id)
@@ -293,9 +299,9 @@ class Dispatcher:
         finally:
             entry = self._tasks.pop(c.delivery_id, None)
             if entry is not None and entry.attempting:
-                st = self._state(c.endpoint_id)
-                st.in_flight -= 1
-                self._wake.set()
+                self._state(c.endpoint_id).in_flight -= 1
+            # A worker is free again (workers are held until the outcome is written).
+            self._wake.set()
             self.stats.in_flight = len(self._tasks)
 
     async def _attempt(self, c: Claimed, ep: Endpoint) -> tuple[delivery.Response, str, int]:

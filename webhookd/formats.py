@@ -12,6 +12,8 @@ from urllib.parse import urlencode
 
 import orjson
 
+from webhookd import jsonio
+
 FORMATS = ("json", "form", "multipart")
 
 
@@ -35,9 +37,7 @@ def field_text(value: Any) -> str:
         return "false"
     if isinstance(value, str):
         return value
-    if isinstance(value, int | float):
-        return orjson.dumps(value).decode()
-    return orjson.dumps(value).decode()
+    return jsonio.dumps(value).decode()
 
 
 def form_body(payload: dict[str, Any]) -> bytes:
@@ -70,7 +70,7 @@ def render(
     """(body, content type) of one request."""
     if fmt == "json":
         return json_body(event_id, event_type, timestamp, tenant, payload_json), "application/json"
-    payload = orjson.loads(payload_json)
+    payload = jsonio.loads(payload_json)
     if not isinstance(payload, dict):
         payload = {"data": payload}
     if fmt == "form":

@@ -45,4 +45,4 @@ def new_id(prefix: str) -> str:
 
 def looks_like(prefix: str, value: str) -> bool:
     """True when `value` has the shape of an ID with this prefix."""
-    return value.startswith(prefix + "_") and ID_RE.match(value) is not None
+    return value.startswith(prefix + "_") and ID_RE.fullmatch(value) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import random
 from collections.abc import Sequence
+from datetime import UTC
 
 
 def next_delay_s(
@@ -28,8 +29,8 @@ def next_delay_s(
     if jitter > 0 and delay > 0:
         r = rand or random
         delay *= 1 + r.uniform(-jitter, jitter)
-    if retry_after_s is not None and retry_after_s > delay:
-        delay = min(retry_after_s, max(schedule_s))
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max(schedule_s)))
     return max(delay, 0.0)
 
 
@@ -38,7 +39,7 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
     if not value:
         return None
     text = value.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return float(min(int(text), 10**9))
     try:
         when = email.utils.parsedate_to_datetime(text)
@@ -46,4 +47,6 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
         return None
     if when is None:
         return None
+    if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are always UTC
+        when = when.replace(tzinfo=UTC)
     return max(when.timestamp() - now_s, 0.0)

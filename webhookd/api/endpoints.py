@@ -102,7 +102,7 @@ def check_events(value: Any, store: SQLiteStore, problems: Problems) -> list[str
             out.append(item)
             continue
         name = item[:-2] if item.endswith(".*") else item
-        if not EVENT_TYPE_RE.match(name) or len(item) > 200:
+        if not EVENT_TYPE_RE.fullmatch(name) or len(item) > 200:
             problems.add((*loc, i), "expected *, a prefix pattern such as call.* or a type name")
             continue
         if not item.endswith(".*") and not store.has_event_type(item):
@@ -134,7 +134,7 @@ def check_signature(value: Any, problems: Problems) -> signing.SignatureSpec | N
         if raw is None:
             names[key] = None
             continue
-        if not isinstance(raw, str) or not HEADER_NAME_RE.match(raw):
+        if not isinstance(raw, str) or not HEADER_NAME_RE.fullmatch(raw):
             problems.add((*loc, key), "expected an HTTP header name")
             continue
         if raw.lower() in RESERVED_HEADERS:
@@ -211,7 +211,7 @@ def check_headers(
     ok = True
     seen: set[str] = set()
     for name, val in headers.items():
-        if not HEADER_NAME_RE.match(name):
+        if not HEADER_NAME_RE.fullmatch(name):
             problems.add((*loc, name), "expected an HTTP header name (letters, digits, - and _)")
             ok = False
         elif name.lower() in reserved:
@@ -228,7 +228,7 @@ def check_headers(
 
 
 def check_tenant(value: Any, request: web.Request, problems: Problems) -> str | None:
-    if value is not None and (not isinstance(value, str) or not TENANT_RE.match(value)):
+    if value is not None and (not isinstance(value, str) or not TENANT_RE.fullmatch(value)):
         problems.add(("body", "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
         return None
     limited = scope(request)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from webhookd import jsonio
 from webhookd.api import serialize
 from webhookd.api.context import ANY_TENANT, scope, state
 from webhookd.api.errors import ApiError, json_response, validation_error
@@ -55,7 +55,7 @@ def _check_event(
     if "type" not in body:
         problems.add((*loc, "type"), "field required")
     elif string(event_type, (*loc, "type"), problems, max_len=200, min_len=1) is not None:
-        if not EVENT_TYPE_RE.match(event_type):
+        if not EVENT_TYPE_RE.fullmatch(event_type):
             problems.add((*loc, "type"), "expected dot-separated segments of [a-zA-Z0-9_-]")
         elif not st.store.has_event_type(event_type):
             problems.add(
@@ -69,7 +69,7 @@ def _check_event(
     elif not isinstance(payload, dict):
         problems.add((*loc, "payload"), "expected a JSON object")
     tenant = body.get("tenant")
-    if tenant is not None and (not isinstance(tenant, str) or not TENANT_RE.match(tenant)):
+    if tenant is not None and (not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant)):
         problems.add((*loc, "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
     limited = scope(request)
     if limited is not ANY_TENANT:
@@ -81,7 +81,9 @@ def _check_event(
         event_id = id_header
     elif event_id is not None and id_header is not None and event_id != id_header:
         problems.add((*loc, "id"), "differs from the Idempotency-Key header")
-    if event_id is not None and (not isinstance(event_id, str) or not EVENT_ID_RE.match(event_id)):
+    if event_id is not None and (
+        not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id)
+    ):
         problems.add((*loc, "id"), "expected 1-128 of [A-Za-z0-9_.:-]")
     deliver_at = None
     if body.get("deliver_at") is not None:
@@ -90,7 +92,7 @@ def _check_event(
             problems.add((*loc, "deliver_at"), "expected at most one year ahead")
     if len(problems.items) > start:
         return None
-    payload_json = orjson.dumps(payload)
+    payload_json = jsonio.dumps(payload)
     if len(payload_json) > st.config.limits.max_payload_bytes:
         too_large.append(((*loc, "payload"), len(payload_json)))
         return None
@@ -241,7 +243,7 @@ async def create_type(request: web.Request) -> web.Response:
     if "name" not in body:
         problems.add(("body", "name"), "field required")
     elif string(name, ("body", "name"), problems, max_len=200, min_len=1) is not None and (
-        not EVENT_TYPE_RE.match(name)
+        not EVENT_TYPE_RE.fullmatch(name)
     ):
         problems.add(("body", "name"), "expected dot-separated segments of [a-zA-Z0-9_-]")
     description = body.get("description", "")

@@ -11,9 +11,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import orjson
 from aiohttp import web
 
+from webhookd import jsonio
 from webhookd.api.errors import ApiError, validation_error
 from webhookd.store.sqlite import BadCursor, decode_cursor
 from webhookd.timefmt import parse_rfc3339
@@ -57,8 +57,8 @@ async def read_json(request: web.Request, limit: int) -> Any:
     if not raw.strip():
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return jsonio.loads(raw)
+    except jsonio.JSONError as exc:
         raise ApiError(400, f"the request body is not valid JSON: {exc}") from None
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -80,10 +81,11 @@ def decode_cursor(cursor: str) -> int:
 def body_hash(event_type: str, tenant: str | None, payload: Any, deliver_at: int | None) -> bytes:
     """What 'the same body' means for idempotent publishing: type, tenant, payload and
     deliver_at, with object keys sorted so that key order does not matter."""
-    canonical = orjson.dumps(
-        {"type": event_type, "tenant": tenant, "payload": payload, "deliver_at": deliver_at},
-        option=orjson.OPT_SORT_KEYS,
-    )
+    doc = {"type": event_type, "tenant": tenant, "payload": payload, "deliver_at": deliver_at}
+    try:
+        canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(canonical).digest()
 
 

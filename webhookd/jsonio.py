@@ -1,0 +1,48 @@
+"""JSON in and out without losing data.
+
+Request bodies are parsed with the standard library, which keeps integers of any size
+exactly (orjson would turn an integer beyond 64 bits into a float and silently change a
+customer's payload), and refuses NaN and Infinity, which are not JSON. Output uses orjson
+for speed and falls back to the standard library only for what orjson cannot encode.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+
+class JSONError(ValueError):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    raise JSONError(f"{name} is not valid JSON")
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constants)
+
+
+def loads(data: bytes | str) -> Any:
+    """Parse one JSON document; JSONError with a short reason if it is not one."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
+        value, end = _decoder.raw_decode(text.strip())
+        if end != len(text.strip()):
+            raise JSONError(f"extra data after the JSON value at character {end}")
+        return value
+    except UnicodeDecodeError:
+        raise JSONError("the body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise JSONError(f"{exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+    except RecursionError:
+        raise JSONError("nested too deeply") from None
+
+
+def dumps(value: Any) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except (TypeError, orjson.JSONEncodeError):
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
