@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from webhookd import signing
+from webhookd import jsonio, signing
 from webhookd.api import serialize
 from webhookd.api.context import ANY_TENANT, scope, state
 from webhookd.api.errors import ApiError, json_response
@@ -24,12 +24,15 @@ from webhookd.api.validate import (
     require_object,
     string,
     string_map,
+    timestamp,
     unknown_fields,
 )
 from webhookd.config import EVENT_TYPE_RE, TENANT_RE, Config
 from webhookd.formats import FORMATS
-from webhookd.store.models import Endpoint, NotFound
+from webhookd.ids import new_id
+from webhookd.store.models import DELIVERY_STATES, Endpoint, NewEvent, NotFound
 from webhookd.store.sqlite import SQLiteStore
+from webhookd.timefmt import now_ms, to_rfc3339
 
 BODY_LIMIT = 1 << 20
 MUTABLE = (
@@ -412,8 +415,6 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def get_secret(request: web.Request) -> web.Response:
-    from webhookd.timefmt import now_ms, to_rfc3339
-
     ep = visible(request)
     now = now_ms()
     return json_response(
@@ -428,6 +429,107 @@ async def get_secret(request: web.Request) -> web.Response:
     )
 
 
+MAX_GRACE_S = 7 * 86400
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    ep = visible(request)
+    body = await read_json(request, BODY_LIMIT) if request.can_read_body else {}
+    body = require_object(body)
+    problems = Problems()
+    unknown_fields(body, ("secret", "grace_s"), problems)
+    grace = 86400.0
+    if "grace_s" in body:
+        grace = number(body["grace_s"], ("body", "grace_s"), problems, lo=0, hi=MAX_GRACE_S) or 0
+    secret = None
+    if body.get("secret") is not None:
+        secret = check_secret(body["secret"], ep.signature.scheme, problems)
+    problems.raise_if_any()
+    new_secret = secret or signing.generate_secret()
+    await state(request).store.rotate_secret(ep.id, new_secret, grace)
+    return json_response({"secret": new_secret})
+
+
+async def send_test(request: web.Request) -> web.Response:
+    ep = visible(request)
+    st = state(request)
+    body = require_object(await read_json(request, BODY_LIMIT) if request.can_read_body else {})
+    problems = Problems()
+    unknown_fields(body, ("event_type", "payload"), problems)
+    event_type: Any = body.get("event_type", "webhookd.test")
+    if not isinstance(event_type, str) or not st.store.has_event_type(event_type):
+        problems.add(
+            ("body", "event_type"),
+            f"unknown event type {event_type!r}; add it with POST /v1/event-types first",
+        )
+    payload = body.get("payload", {"message": "a test event from webhookd"})
+    if not isinstance(payload, dict):
+        problems.add(("body", "payload"), "expected a JSON object")
+    problems.raise_if_any()
+    if not ep.active:
+        raise ApiError(
+            409, 'the endpoint is disabled; re-enable it with PATCH {"active": true} first'
+        )
+    payload_json = jsonio.dumps(payload)
+    if len(payload_json) > st.config.limits.max_payload_bytes:
+        raise ApiError(413, "the test payload is larger than limits.max_payload_bytes")
+    event = NewEvent(
+        id=new_id("evt"),
+        type=event_type,
+        tenant=ep.tenant,
+        payload_json=payload_json,
+        body_hash=None,
+        deliver_at=None,
+        only_endpoint=ep.id,
+    )
+    [res] = await st.store.publish([event])
+    if st.dispatcher is not None:
+        st.dispatcher.notify_many(res.due)
+    if not res.delivery_ids:
+        raise NotFound(f"no endpoint with id {ep.id}")
+    return json_response({"event_id": res.event.id, "delivery_id": res.delivery_ids[0]}, 202)
+
+
+async def recover(request: web.Request) -> web.Response:
+    ep = visible(request)
+    st = state(request)
+    body = require_object(await read_json(request, BODY_LIMIT))
+    problems = Problems()
+    unknown_fields(body, ("since", "until"), problems)
+    since = until = None
+    if "since" not in body:
+        problems.add(("body", "since"), "field required")
+    else:
+        since = timestamp(body["since"], ("body", "since"), problems)
+    if body.get("until") is not None:
+        until = timestamp(body["until"], ("body", "until"), problems)
+    if since is not None and until is not None and until <= since:
+        problems.add(("body", "until"), "must be after since")
+    problems.raise_if_any()
+    assert since is not None
+    count = await st.store.recover(ep.id, since, until)
+    if st.dispatcher is not None and count:
+        st.dispatcher.notify(ep.id, 0)
+    return json_response({"requeued": count}, 202)
+
+
+async def stats(request: web.Request) -> web.Response:
+    ep = visible(request)
+    st = state(request)
+    now = now_ms()
+    data = await st.store.endpoint_stats(ep.id, now - 86400 * 1000)
+    counts = {s: data["counts"].get(s, 0) for s in DELIVERY_STATES}
+    return json_response(
+        {
+            "counts": counts,
+            "success_rate_24h": data["success_rate_24h"],
+            "in_flight": st.dispatcher.in_flight_for(ep.id) if st.dispatcher else 0,
+            "last_success_at": to_rfc3339(ep.last_success_at),
+            "failing_since": to_rfc3339(ep.failing_since),
+        }
+    )
+
+
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/v1/endpoints", create),
@@ -436,4 +538,8 @@ def routes() -> list[web.RouteDef]:
         web.patch("/v1/endpoints/{endpoint_id}", patch),
         web.delete("/v1/endpoints/{endpoint_id}", delete),
         web.get("/v1/endpoints/{endpoint_id}/secret", get_secret, allow_head=False),
+        web.post("/v1/endpoints/{endpoint_id}/secret/rotate", rotate_secret),
+        web.post("/v1/endpoints/{endpoint_id}/test", send_test),
+        web.post("/v1/endpoints/{endpoint_id}/recover", recover),
+        web.get("/v1/endpoints/{endpoint_id}/stats", stats, allow_head=False),
     ]

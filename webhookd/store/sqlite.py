@@ -424,6 +424,42 @@ class SQLiteStore:
         self.endpoints[ep.id] = ep
         return ep
 
+    async def recover(self, endpoint_id: str, since: int, until: int | None) -> int:
+        """`failed` and `skipped` deliveries created in [since, until) go back to pending,
+        due now, with a fresh retry schedule."""
+        now = now_ms()
+
+        async def job(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "UPDATE deliveries SET status='pending', next_attempt_at=?, failures=0, "
+                "format_index=0, manual=0, resume_at=NULL, updated_at=? "
+                "WHERE endpoint_id=? AND status IN ('failed','skipped') AND created_at>=? "
+                "AND created_at<?",
+                (now, now, endpoint_id, since, until if until is not None else 2**62),
+            )
+            return cur.rowcount
+
+        count: int = await self._writer().run(job)
+        return count
+
+    async def endpoint_stats(self, endpoint_id: str, since_24h: int) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        async with self._read.execute(
+            "SELECT status, COUNT(*) FROM deliveries WHERE endpoint_id=? GROUP BY status",
+            (endpoint_id,),
+        ) as cur:
+            for status, n in await cur.fetchall():
+                counts[status] = n
+        async with self._read.execute(
+            "SELECT SUM(status='delivered'), SUM(status IN ('delivered','failed')) "
+            "FROM deliveries WHERE endpoint_id=? AND created_at>=?",
+            (endpoint_id, since_24h),
+        ) as cur:
+            row = await cur.fetchone()
+        delivered, finished = (row or (0, 0))[:2]
+        rate = (delivered or 0) / finished if finished else None
+        return {"counts": counts, "success_rate_24h": rate}
+
     # --- publishing -----------------------------------------------------------------
 
     async def publish(self, events: Sequence[NewEvent]) -> list[PublishResult]:
