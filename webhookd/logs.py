@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiohttp.http_exceptions import HttpProcessingError
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
     "message",
@@ -74,12 +75,34 @@ def _text(value: Any) -> str:
     return text
 
 
+class QuietMalformedRequests(logging.Filter):
+    """aiohttp logs a client's malformed HTTP request (a NUL in a header, say) as an error
+    with a traceback. It is the client's mistake, answered with a 400: keep it to one line
+    at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "aiohttp.server" or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        if not logging.getLogger().isEnabledFor(logging.DEBUG):
+            return False
+        record.exc_info = None
+        record.exc_text = None
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        record.msg, record.args = "malformed HTTP request: %s", (" ".join(str(exc).split())[:200],)
+        record.event = "bad_http_request"
+        return True
+
+
 def setup(level: str, fmt: str) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(QuietMalformedRequests())
     root.addHandler(handler)
     apply_level(level)
 

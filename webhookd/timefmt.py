@@ -13,8 +13,12 @@ def now_ms() -> int:
 def to_rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    # Formatted by hand: strftime's %Y does not zero-pad years before 1000 on every platform.
+    return (
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
+        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{ms % 1000:03d}Z"
+    )
 
 
 def parse_rfc3339(text: str) -> int:

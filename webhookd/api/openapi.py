@@ -1,0 +1,639 @@
+"""The OpenAPI 3.1 document of the management API, served at GET /openapi.json.
+
+Written by hand next to the handlers it describes and checked against the running server
+by a property-based test, so it says what the server really does.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+from aiohttp import web
+
+from webhookd import __version__
+from webhookd.api.errors import json_response
+from webhookd.formats import FORMATS
+from webhookd.signing import SCHEMES
+from webhookd.store.models import DELIVERY_STATES
+
+J = dict[str, Any]
+NULLABLE_STRING: J = {"type": ["string", "null"]}
+TIME: J = {"type": "string", "format": "date-time"}
+NULLABLE_TIME: J = {"type": ["string", "null"], "format": "date-time"}
+EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+TENANT: J = {"type": ["string", "null"], "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"}
+
+
+def ref(name: str) -> J:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(required: list[str], props: J, *, closed: bool = True) -> J:
+    out: J = {"type": "object", "properties": props}
+    if required:
+        out["required"] = required
+    if closed:
+        out["additionalProperties"] = False
+    return out
+
+
+def page(item: str) -> J:
+    return obj(
+        ["data", "next_cursor"],
+        {"data": {"type": "array", "items": ref(item)}, "next_cursor": NULLABLE_STRING},
+    )
+
+
+STRING_MAP: J = {"type": "object", "additionalProperties": {"type": "string"}}
+SIGNATURE: J = obj(
+    ["scheme"],
+    {
+        "scheme": {"type": "string", "enum": list(SCHEMES)},
+        "header": {"type": "string"},
+        "timestamp_header": {"type": "string"},
+    },
+)
+FORMAT: J = {
+    "oneOf": [
+        {"type": "string", "enum": list(FORMATS)},
+        {
+            "type": "array",
+            "items": {"type": "string", "enum": list(FORMATS)},
+            "minItems": 1,
+            "maxItems": len(FORMATS),
+            "uniqueItems": True,
+        },
+    ]
+}
+ENDPOINT_FIELDS: J = {
+    "url": {"type": "string", "minLength": 1, "maxLength": 2048, "pattern": "^https?://"},
+    "events": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 250},
+    "tenant": TENANT,
+    "description": {"type": "string", "maxLength": 1000},
+    "metadata": {**STRING_MAP, "maxProperties": 50},
+    "active": {"type": "boolean"},
+    "signature": SIGNATURE,
+    "format": FORMAT,
+    "headers": {**STRING_MAP, "maxProperties": 20},
+    "delay_s": {"type": "number", "minimum": 0, "maximum": 604800},
+    "rate_limit_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10000},
+    "max_in_flight": {"type": ["integer", "null"], "minimum": 1},
+    "ordered": {"type": "boolean"},
+}
+ENDPOINT_OUT: J = obj(
+    [
+        "id",
+        "url",
+        "tenant",
+        "description",
+        "metadata",
+        "events",
+        "active",
+        "disabled_reason",
+        "signature",
+        "format",
+        "headers",
+        "delay_s",
+        "rate_limit_per_s",
+        "max_in_flight",
+        "ordered",
+        "created_at",
+        "updated_at",
+    ],
+    {
+        **ENDPOINT_FIELDS,
+        "id": {"type": "string"},
+        "tenant": NULLABLE_STRING,
+        "disabled_reason": {"type": ["string", "null"], "enum": ["gone", "failing", None]},
+        "max_in_flight": {"type": "integer"},
+        "created_at": TIME,
+        "updated_at": TIME,
+        "secret": {"type": "string"},
+    },
+)
+PUBLISH: J = obj(
+    ["type", "payload"],
+    {
+        "type": {"type": "string", "minLength": 1, "maxLength": 200, "pattern": EVENT_TYPE_PATTERN},
+        "payload": {"type": "object"},
+        "tenant": TENANT,
+        "id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+        "deliver_at": NULLABLE_TIME,
+    },
+)
+DELIVERY_FIELDS: J = {
+    "id": {"type": "string"},
+    "event_id": {"type": "string"},
+    "event_type": {"type": "string"},
+    "endpoint_id": {"type": "string"},
+    "tenant": NULLABLE_STRING,
+    "status": {"type": "string", "enum": list(DELIVERY_STATES)},
+    "attempt_count": {"type": "integer", "minimum": 0},
+    "next_attempt_at": NULLABLE_TIME,
+    "created_at": TIME,
+    "updated_at": TIME,
+}
+ATTEMPT: J = obj(
+    list(
+        (
+            "number",
+            "started_at",
+            "duration_ms",
+            "trigger",
+            "format",
+            "request_headers",
+            "status_code",
+            "response_headers",
+            "response_body",
+            "error_kind",
+            "error_message",
+        )
+    ),
+    {
+        "number": {"type": "integer", "minimum": 1},
+        "started_at": TIME,
+        "duration_ms": {"type": "integer", "minimum": 0},
+        "trigger": {"type": "string", "enum": ["scheduled", "manual"]},
+        "format": {"type": "string", "enum": list(FORMATS)},
+        "request_headers": STRING_MAP,
+        "status_code": {"type": ["integer", "null"]},
+        "response_headers": STRING_MAP,
+        "response_body": {"type": "string"},
+        "error_kind": NULLABLE_STRING,
+        "error_message": NULLABLE_STRING,
+    },
+)
+EVENT_FIELDS: J = {
+    "id": {"type": "string"},
+    "type": {"type": "string"},
+    "tenant": NULLABLE_STRING,
+    "payload": {"type": "object"},
+    "deliver_at": NULLABLE_TIME,
+    "created_at": TIME,
+}
+PUBLISH_RESULT: J = obj(
+    ["id", "type", "tenant", "created_at", "deliveries"],
+    {
+        "id": {"type": "string"},
+        "type": {"type": "string"},
+        "tenant": NULLABLE_STRING,
+        "created_at": TIME,
+        "deliveries": {"type": "integer", "minimum": 0},
+    },
+)
+SCHEMAS: J = {
+    "Error": obj(
+        ["error", "message"],
+        {
+            "error": {"type": "string"},
+            "message": {"type": "string"},
+            "detail": {
+                "type": "array",
+                "items": obj(
+                    ["loc", "msg"],
+                    {
+                        "loc": {"type": "array", "items": {"type": ["string", "integer"]}},
+                        "msg": {"type": "string"},
+                    },
+                ),
+            },
+        },
+    ),
+    "Health": obj(
+        ["status"],
+        {"status": {"type": "string"}, "problems": {"type": "array", "items": {"type": "string"}}},
+    ),
+    "EndpointCreate": obj(
+        ["url"], {**ENDPOINT_FIELDS, "secret": {"type": "string", "maxLength": 256}}
+    ),
+    "EndpointPatch": obj([], ENDPOINT_FIELDS),
+    "Endpoint": ENDPOINT_OUT,
+    "EndpointPage": page("Endpoint"),
+    "Secret": obj(
+        ["secret", "previous_secrets"],
+        {
+            "secret": {"type": "string"},
+            "previous_secrets": {
+                "type": "array",
+                "items": obj(["expires_at"], {"expires_at": TIME}),
+            },
+        },
+    ),
+    "RotateRequest": obj(
+        [],
+        {
+            "secret": {"type": ["string", "null"], "maxLength": 256},
+            "grace_s": {"type": "number", "minimum": 0, "maximum": 604800},
+        },
+    ),
+    "RotateResult": obj(["secret"], {"secret": {"type": "string"}}),
+    "TestRequest": obj(
+        [],
+        {
+            "event_type": {"type": "string", "pattern": EVENT_TYPE_PATTERN},
+            "payload": {"type": "object"},
+        },
+    ),
+    "TestResult": obj(
+        ["event_id", "delivery_id"],
+        {"event_id": {"type": "string"}, "delivery_id": {"type": "string"}},
+    ),
+    "RecoverRequest": obj(["since"], {"since": TIME, "until": NULLABLE_TIME}),
+    "RecoverResult": obj(["requeued"], {"requeued": {"type": "integer", "minimum": 0}}),
+    "Stats": obj(
+        ["counts", "success_rate_24h", "in_flight", "last_success_at", "failing_since"],
+        {
+            "counts": obj(
+                list(DELIVERY_STATES),
+                {s: {"type": "integer", "minimum": 0} for s in DELIVERY_STATES},
+            ),
+            "success_rate_24h": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
+            "in_flight": {"type": "integer", "minimum": 0},
+            "last_success_at": NULLABLE_TIME,
+            "failing_since": NULLABLE_TIME,
+        },
+    ),
+    "PublishRequest": PUBLISH,
+    "BatchRequest": obj(
+        ["events"],
+        {"events": {"type": "array", "items": PUBLISH, "minItems": 1, "maxItems": 1000}},
+    ),
+    "PublishResult": PUBLISH_RESULT,
+    "BatchResult": obj(["data"], {"data": {"type": "array", "items": PUBLISH_RESULT}}),
+    "Event": obj(list(EVENT_FIELDS), EVENT_FIELDS),
+    "EventDetail": obj(
+        [*EVENT_FIELDS, "deliveries"],
+        {**EVENT_FIELDS, "deliveries": {"type": "array", "items": ref("Delivery")}},
+    ),
+    "EventPage": page("Event"),
+    "Delivery": obj(list(DELIVERY_FIELDS), DELIVERY_FIELDS),
+    "DeliveryDetail": obj(
+        [*DELIVERY_FIELDS, "attempts"],
+        {**DELIVERY_FIELDS, "attempts": {"type": "array", "items": ATTEMPT}},
+    ),
+    "DeliveryPage": page("Delivery"),
+    "EventType": obj(
+        ["name", "description", "source", "created_at"],
+        {
+            "name": {"type": "string"},
+            "description": {"type": "string"},
+            "source": {"type": "string", "enum": ["builtin", "config", "api"]},
+            "created_at": TIME,
+        },
+    ),
+    "EventTypeCreate": obj(
+        ["name"],
+        {
+            "name": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 200,
+                "pattern": EVENT_TYPE_PATTERN,
+            },
+            "description": {"type": "string", "maxLength": 1000},
+        },
+    ),
+    "EventTypePage": page("EventType"),
+}
+
+ERROR_TEXT = {
+    400: "Malformed JSON",
+    401: "Missing or invalid API key",
+    403: "The API key's tenant does not allow this",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Validation error",
+    503: "Storage cannot write; retry later",
+}
+
+
+def _json(schema: J) -> J:
+    return {"application/json": {"schema": schema}}
+
+
+def op(
+    summary: str,
+    ok: int,
+    ok_schema: str | None,
+    errors: tuple[int, ...],
+    *,
+    body: str | None = None,
+    body_required: bool = True,
+    params: list[J] | None = None,
+    public: bool = False,
+    op_id: str | None = None,
+    links: J | None = None,
+) -> J:
+    responses: J = {}
+    if ok_schema is None:
+        responses[str(ok)] = {"description": "Done"}
+    else:
+        responses[str(ok)] = {"description": summary, "content": _json(ref(ok_schema))}
+    if ok == 202 and ok_schema == "PublishResult":
+        responses["200"] = {
+            "description": "Already published with this id and body",
+            "content": _json(ref(ok_schema)),
+        }
+    codes = set(errors) if public else {*errors, 401}
+    for code in sorted(codes | {503} if not public else codes):
+        responses[str(code)] = {"description": ERROR_TEXT[code], "content": _json(ref("Error"))}
+    if links:
+        responses[str(ok)]["links"] = links
+    out: J = {"summary": summary, "responses": responses}
+    if op_id:
+        out["operationId"] = op_id
+    if body is not None:
+        out["requestBody"] = {"required": body_required, "content": _json(ref(body))}
+    if params:
+        out["parameters"] = params
+    if public:
+        out["security"] = []
+    return out
+
+
+def path_param(name: str) -> J:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
+def query(name: str, schema: J) -> J:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+PAGING = [
+    query("limit", {"type": "integer", "minimum": 1, "maximum": 250, "default": 50}),
+    query("cursor", {"type": "string"}),
+]
+WINDOW = [query("since", TIME), query("until", TIME)]
+LIST_ERRORS = (403, 422)
+EP = [path_param("endpoint_id")]
+
+
+def _paths() -> J:
+    body_errors = (400, 404, 413, 422)
+    return {
+        "/healthz": {"get": op("Liveness", 200, "Health", (), public=True)},
+        "/readyz": {
+            "get": {
+                **op("Readiness", 200, "Health", (), public=True),
+                "responses": {
+                    "200": {"description": "Ready", "content": _json(ref("Health"))},
+                    "503": {"description": "Not ready", "content": _json(ref("Health"))},
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "security": [],
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+        "/v1/event-types": {
+            "get": op("List event types", 200, "EventTypePage", (422,)),
+            "post": op(
+                "Create an event type",
+                201,
+                "EventType",
+                (400, 409, 413, 422),
+                body="EventTypeCreate",
+            ),
+        },
+        "/v1/event-types/{name}": {
+            "delete": op("Delete an event type", 204, None, (404, 409), params=[path_param("name")])
+        },
+        "/v1/endpoints": {
+            "get": op(
+                "List endpoints",
+                200,
+                "EndpointPage",
+                LIST_ERRORS,
+                params=[
+                    *PAGING,
+                    query("tenant", {"type": "string"}),
+                    query("active", {"type": "boolean"}),
+                ],
+            ),
+            "post": op(
+                "Create an endpoint (the answer includes its secret)",
+                201,
+                "Endpoint",
+                (400, 403, 413, 422),
+                body="EndpointCreate",
+            ),
+        },
+        "/v1/endpoints/{endpoint_id}": {
+            "get": op("Get an endpoint", 200, "Endpoint", (404,), params=EP),
+            "patch": op(
+                "Change an endpoint",
+                200,
+                "Endpoint",
+                (*body_errors, 403),
+                body="EndpointPatch",
+                params=EP,
+            ),
+            "delete": op(
+                "Delete an endpoint; its undelivered deliveries become cancelled",
+                204,
+                None,
+                (404,),
+                params=EP,
+            ),
+        },
+        "/v1/endpoints/{endpoint_id}/secret": {
+            "get": op("The endpoint's signing secret", 200, "Secret", (404,), params=EP)
+        },
+        "/v1/endpoints/{endpoint_id}/secret/rotate": {
+            "post": op(
+                "Rotate the secret; the old one keeps signing for grace_s",
+                200,
+                "RotateResult",
+                body_errors,
+                body="RotateRequest",
+                body_required=False,
+                params=EP,
+            )
+        },
+        "/v1/endpoints/{endpoint_id}/test": {
+            "post": op(
+                "Send a test event to this endpoint only",
+                202,
+                "TestResult",
+                (*body_errors, 409),
+                body="TestRequest",
+                body_required=False,
+                params=EP,
+            )
+        },
+        "/v1/endpoints/{endpoint_id}/recover": {
+            "post": op(
+                "Requeue failed and skipped deliveries created in a window",
+                202,
+                "RecoverResult",
+                body_errors,
+                body="RecoverRequest",
+                params=EP,
+            )
+        },
+        "/v1/endpoints/{endpoint_id}/stats": {
+            "get": op("Delivery statistics", 200, "Stats", (404,), params=EP)
+        },
+        "/v1/events": {
+            "get": op(
+                "List events",
+                200,
+                "EventPage",
+                LIST_ERRORS,
+                params=[
+                    *PAGING,
+                    query("type", {"type": "string"}),
+                    query("tenant", {"type": "string"}),
+                    *WINDOW,
+                ],
+            ),
+            "post": {
+                **op(
+                    "Publish an event (answered after it is on disk)",
+                    202,
+                    "PublishResult",
+                    (400, 403, 409, 413, 422),
+                    body="PublishRequest",
+                ),
+                "parameters": [
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+                    }
+                ],
+            },
+        },
+        "/v1/events/batch": {
+            "post": {
+                **op(
+                    "Publish up to 1000 events in one transaction",
+                    202,
+                    "BatchResult",
+                    (400, 403, 409, 413, 422),
+                    body="BatchRequest",
+                ),
+            }
+        },
+        "/v1/events/{event_id}": {
+            "get": op(
+                "An event with its deliveries",
+                200,
+                "EventDetail",
+                (404,),
+                params=[path_param("event_id")],
+            )
+        },
+        "/v1/deliveries": {
+            "get": op(
+                "List deliveries",
+                200,
+                "DeliveryPage",
+                LIST_ERRORS,
+                params=[
+                    *PAGING,
+                    query("endpoint_id", {"type": "string"}),
+                    query("event_id", {"type": "string"}),
+                    query("event_type", {"type": "string"}),
+                    query("status", {"type": "string", "enum": list(DELIVERY_STATES)}),
+                    query("tenant", {"type": "string"}),
+                    *WINDOW,
+                ],
+            )
+        },
+        "/v1/deliveries/{delivery_id}": {
+            "get": op(
+                "A delivery with every attempt",
+                200,
+                "DeliveryDetail",
+                (404,),
+                params=[path_param("delivery_id")],
+            )
+        },
+        "/v1/deliveries/{delivery_id}/retry": {
+            "post": op(
+                "Attempt again now",
+                202,
+                "Delivery",
+                (404, 409),
+                params=[path_param("delivery_id")],
+            )
+        },
+    }
+
+
+def operation_id(method: str, path: str) -> str:
+    words = [w.strip("{}").replace("-", "_").replace(".", "_") for w in path.split("/") if w]
+    return "_".join([method, *words])
+
+
+def _link(paths: J, source: tuple[str, str, str], prefix: str, param: str, field: str) -> None:
+    """OpenAPI links from a creating operation to every operation on what it created."""
+    method, path, status = source
+    links: J = {}
+    for target, methods in paths.items():
+        if target.startswith(prefix):
+            for target_method in methods:
+                name = operation_id(target_method, target)
+                links[name] = {
+                    "operationId": name,
+                    "parameters": {param: f"$response.body#/{field}"},
+                }
+    paths[path][method]["responses"][status]["links"] = links
+
+
+@cache
+def document() -> J:
+    paths = _paths()
+    paths["/v1/events/batch"]["post"]["responses"]["200"] = {
+        "description": "Every event was already published with these ids and bodies",
+        "content": _json(ref("BatchResult")),
+    }
+    for path, methods in paths.items():
+        for method, operation in methods.items():
+            operation["operationId"] = operation_id(method, path)
+    _link(
+        paths, ("post", "/v1/endpoints", "201"), "/v1/endpoints/{endpoint_id}", "endpoint_id", "id"
+    )
+    _link(paths, ("post", "/v1/events", "202"), "/v1/events/{event_id}", "event_id", "id")
+    _link(
+        paths,
+        ("post", "/v1/endpoints/{endpoint_id}/test", "202"),
+        "/v1/deliveries/{delivery_id}",
+        "delivery_id",
+        "delivery_id",
+    )
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "webhookd",
+            "version": __version__,
+            "description": "The management API of webhookd, a self-hosted webhook sender.",
+        },
+        "servers": [{"url": "/"}],
+        "security": [{}, {"bearer": []}],
+        "components": {
+            "schemas": SCHEMAS,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "paths": paths,
+    }
+
+
+async def serve(request: web.Request) -> web.Response:
+    return json_response(document())
+
+
+def routes() -> list[web.RouteDef]:
+    return [web.get("/openapi.json", serve, allow_head=False)]
