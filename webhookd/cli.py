@@ -9,6 +9,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from webhookd import __version__
+from webhookd.client import add_client_commands
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -89,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--secret", help="the endpoint's secret, to verify signatures")
     p.add_argument("--status", type=int, default=200, help="HTTP status to answer (default 200)")
     p.set_defaults(func=cmd_listen)
+
+    add_client_commands(sub)
     return parser
 
 
