@@ -286,3 +286,21 @@ async def test_auth_with_keys(make_daemon: Any, receiver: Receiver) -> None:
     assert ev["tenant"] == "acme" and ev["deliveries"] == 1
     await receiver.wait_for(1)
     assert receiver.event_ids() == [ev["id"]]
+
+
+async def test_event_types_paginate(daemon: Daemon) -> None:
+    for i in range(7):
+        assert (await daemon.post("/v1/event-types", {"name": f"page.t{i}"})).status == 201
+    names: list[str] = []
+    cursor = None
+    while True:
+        q = "/v1/event-types?limit=3" + (f"&cursor={cursor}" if cursor else "")
+        r = await daemon.get(q)
+        assert r.status == 200 and len(r.json["data"]) <= 3
+        names += [t["name"] for t in r.json["data"]]
+        cursor = r.json["next_cursor"]
+        if cursor is None:
+            break
+    assert names == sorted(names) and len(names) == len(set(names))
+    assert {f"page.t{i}" for i in range(7)} <= set(names)
+    assert_error(await daemon.get("/v1/event-types?cursor=nope"), 422, "validation_error")

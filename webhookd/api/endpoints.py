@@ -74,7 +74,8 @@ def check_url(value: Any, config: Config, problems: Problems) -> str | None:
         problems.add(loc, "expected an absolute http(s) URL")
         return None
     if url.scheme not in ("http", "https") or not url.host or any(c.isspace() for c in text):
-        problems.add(loc, "expected an absolute https URL such as https://example.com/hooks")
+        scheme = "https" if config.security.https_only else "http(s)"
+        problems.add(loc, f"expected an absolute {scheme} URL such as https://example.com/hooks")
         return None
     if url.user or url.password:
         problems.add(loc, "credentials in the URL are not allowed; use custom headers")

@@ -26,7 +26,7 @@ from webhookd.api.validate import (
 from webhookd.config import EVENT_TYPE_RE, TENANT_RE
 from webhookd.ids import new_id
 from webhookd.store.models import NewEvent, NotFound, PublishResult
-from webhookd.store.sqlite import body_hash
+from webhookd.store.sqlite import body_hash, decode_name_cursor, encode_name_cursor
 from webhookd.timefmt import now_ms
 
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -230,9 +230,21 @@ async def list_(request: web.Request) -> web.Response:
 
 
 async def list_types(request: web.Request) -> web.Response:
-    query(request, ())
-    types = state(request).store.list_event_types()
-    return json_response(page_json([serialize.event_type(t) for t in types], None))
+    """Sorted by name; the cursor is the last name of the previous page."""
+    params = query(request, ())
+    problems = Problems()
+    _, limit = paging({k: v for k, v in params.items() if k == "limit"}, problems)
+    after = None
+    if params.get("cursor"):
+        try:
+            after = decode_name_cursor(params["cursor"])
+        except ValueError as exc:
+            problems.add(("query", "cursor"), str(exc))
+    problems.raise_if_any()
+    types = [t for t in state(request).store.list_event_types() if after is None or t.name > after]
+    page, more = types[:limit], len(types) > limit
+    nxt = encode_name_cursor(page[-1].name) if more else None
+    return json_response(page_json([serialize.event_type(t) for t in page], nxt))
 
 
 async def create_type(request: web.Request) -> web.Response:

@@ -396,7 +396,7 @@ def _paths() -> J:
             }
         },
         "/v1/event-types": {
-            "get": op("List event types", 200, "EventTypePage", (422,)),
+            "get": op("List event types", 200, "EventTypePage", (422,), params=PAGING),
             "post": op(
                 "Create an event type",
                 201,

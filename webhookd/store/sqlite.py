@@ -78,6 +78,22 @@ def decode_cursor(cursor: str) -> int:
         raise BadCursor("cursor is not one this server handed out") from None
 
 
+def encode_name_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(f"n1:{name}".encode()).decode().rstrip("=")
+
+
+def decode_name_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        raise BadCursor("cursor is not one this server handed out") from None
+    tag, sep, name = text.partition(":")
+    if tag != "n1" or not sep:
+        raise BadCursor("cursor is not one this server handed out")
+    return name
+
+
 def body_hash(event_type: str, tenant: str | None, payload: Any, deliver_at: int | None) -> bytes:
     """What 'the same body' means for idempotent publishing: type, tenant, payload and
     deliver_at, with object keys sorted so that key order does not matter."""
