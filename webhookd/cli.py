@@ -9,7 +9,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from webhookd import __version__
-from webhookd.client import add_client_commands
+from webhookd.client import add_client_commands, add_healthcheck
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_listen)
 
     add_client_commands(sub)
+    add_healthcheck(sub)
     return parser
 
 

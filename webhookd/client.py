@@ -924,3 +924,50 @@ def add_client_commands(sub: Subparsers[argparse.ArgumentParser]) -> None:
     _add_events(sub, common)
     _add_deliveries(sub, common)
     _add_event_types(sub, common)
+
+
+# --- healthcheck ----------------------------------------------------------------------------
+
+
+def _health_target(args: argparse.Namespace) -> None:
+    """With -c FILE and no --url, ask the daemon at the config's listen address."""
+    if getattr(args, "url", None) or not getattr(args, "config", None):
+        return
+    from webhookd.config import ConfigError, load_config
+
+    try:
+        address = load_config(args.config).listen_address
+    except ConfigError as exc:
+        raise UsageError(f"{args.config}: {exc.problems[0]}") from None
+    if address.unix_path is not None:
+        args.url = f"unix:{address.unix_path}"
+    else:
+        host = address.host or "127.0.0.1"
+        if host in ("0.0.0.0", "::"):  # noqa: S104 - a wildcard listens on loopback too
+            host = "127.0.0.1"
+        args.url = (
+            f"http://[{host}]:{address.port}" if ":" in host else f"http://{host}:{address.port}"
+        )
+
+
+async def _readyz(api: Api, args: argparse.Namespace) -> Any:
+    return await api.call("GET", "/readyz")
+
+
+def cmd_healthcheck(args: argparse.Namespace) -> int:
+    try:
+        _health_target(args)
+    except UsageError as exc:
+        _emit(f"webhookd: {exc}", sys.stderr)
+        return EXIT_ERROR
+    return run_command(_readyz, lambda doc, _a: f"ready: {doc.get('status', 'ready')}", args)
+
+
+def add_healthcheck(sub: Subparsers[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "healthcheck",
+        parents=[common_options()],
+        help="exit 0 if the daemon is ready (GET /readyz), 1 if not",
+    )
+    p.add_argument("-c", "--config", help="find the daemon at this config's listen address")
+    p.set_defaults(func=cmd_healthcheck)

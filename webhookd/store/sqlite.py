@@ -476,6 +476,46 @@ class SQLiteStore:
         rate = (delivered or 0) / finished if finished else None
         return {"counts": counts, "success_rate_24h": rate}
 
+    async def purge_before(self, cutoff: int, limit: int) -> int:
+        """Delete up to `limit` events created before `cutoff` that have no pending or
+        in-flight delivery, with their deliveries and attempts; returns how many."""
+
+        async def job(conn: aiosqlite.Connection) -> int:
+            cur = await conn.execute(
+                "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e "
+                "WHERE e.created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d "
+                "WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering')) "
+                "ORDER BY e.created_at LIMIT ?)",
+                (cutoff, limit),
+            )
+            return cur.rowcount
+
+        count: int = await self._writer().run(job)
+        return count
+
+    async def backlog(self, now: int) -> tuple[int, int | None]:
+        """(pending deliveries, age in ms of the oldest one that is due, or None)."""
+        async with self._read.execute(
+            "SELECT COUNT(*) FROM deliveries WHERE status='pending'"
+        ) as cur:
+            row = await cur.fetchone()
+        pending = int(row[0]) if row else 0
+        oldest: int | None = None
+        # Per endpoint through the claim index: O(endpoints), not O(backlog).
+        for endpoint_id, ep in list(self.endpoints.items()):
+            if not ep.active:
+                continue
+            async with self._read.execute(
+                "SELECT MIN(next_attempt_at) FROM deliveries "
+                "WHERE endpoint_id=? AND status='pending'",
+                (endpoint_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            due = row[0] if row else None
+            if due is not None and due <= now and (oldest is None or due < oldest):
+                oldest = due
+        return pending, (now - oldest) if oldest is not None else None
+
     # --- publishing -----------------------------------------------------------------
 
     async def publish(self, events: Sequence[NewEvent]) -> list[PublishResult]:
