@@ -378,12 +378,12 @@ def test_key_and_key_env_together_are_refused() -> None:
     problems = problems_of(
         {"api_keys": [{"name": "a", "key": "k" * 40, "key_env": "WEBHOOKD_API_KEY"}]}
     )
-    assert problems == ["api_keys[0]: give key or key_env, not both"]
+    assert problems == ["api_keys[0]: give one of key, key_env or key_file"]
     assert "k" * 40 not in problems[0]
 
 
 def test_a_key_needs_key_or_key_env() -> None:
-    assert problems_of({"api_keys": [{"name": "a"}]}) == ["api_keys[0]: expected key or key_env"]
+    assert problems_of({"api_keys": [{"name": "a"}]}) == ["api_keys[0]: expected key, key_env or key_file"]
 
 
 def test_a_key_needs_a_unique_name() -> None:
@@ -618,3 +618,24 @@ def test_any_document_gives_a_config_or_a_config_error(
 def test_any_top_level_value_gives_a_config_or_a_config_error(data: Any) -> None:
     with contextlib.suppress(ConfigError):
         config_from_mapping(data, HYPO_ENV)
+
+
+def test_key_file_reads_the_key_and_expands_variables(tmp_path: Path) -> None:
+    (tmp_path / "api-key").write_text("f" * 40 + "\n")
+    cfg = config_from_mapping(
+        {"api_keys": [{"name": "a", "key_file": "${CREDENTIALS_DIRECTORY}/api-key"}]},
+        {"CREDENTIALS_DIRECTORY": str(tmp_path)},
+    )
+    assert cfg.api_keys[0].key == "f" * 40
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"api_keys": [{"name": "a", "key_file": str(tmp_path / "nope")}]}, {})
+    assert "api_keys[0].key_file" in err.value.problems[0]
+    (tmp_path / "short").write_text("tiny-key")
+    with pytest.raises(ConfigError) as err:
+        config_from_mapping({"api_keys": [{"name": "a", "key_file": str(tmp_path / "short")}]}, {})
+    assert "at least 32" in err.value.problems[0] and "tiny-key" not in err.value.problems[0]
+    with pytest.raises(ConfigError):
+        config_from_mapping(
+            {"api_keys": [{"name": "a", "key": "k" * 40, "key_file": str(tmp_path / "api-key")}]},
+            {},
+        )

@@ -336,10 +336,11 @@ def _read_api_keys(
         names.add(name)
         key = r.get("key", "", _string, "a string", secret=True)
         key_env = r.get("key_env", "", _string, "an environment variable name")
+        key_file = r.get("key_file", "", _string, "a file path")
         tenant = r.get("tenant", None, _optional_tenant, "null or a tenant name")
         r.finish()
-        if key and key_env:
-            problems.append(f"{path}: give key or key_env, not both")
+        if sum(1 for x in (key, key_env, key_file) if x) > 1:
+            problems.append(f"{path}: give one of key, key_env or key_file")
             continue
         if key_env:
             if key_env not in environ:
@@ -347,10 +348,20 @@ def _read_api_keys(
                 continue
             key = environ[key_env]
             where = f"{path}.key_env ({key_env})"
+        elif key_file:
+            # ${CREDENTIALS_DIRECTORY} and the like are expanded, for systemd credentials.
+            file_path = _expand(key_file, environ)
+            try:
+                key = Path(file_path).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+                problems.append(f"{path}.key_file: cannot read {file_path}: {reason}")
+                continue
+            where = f"{path}.key_file ({file_path})"
         else:
             where = f"{path}.key"
         if not key:
-            problems.append(f"{path}: expected key or key_env")
+            problems.append(f"{path}: expected key, key_env or key_file")
             continue
         if len(key) < MIN_API_KEY_LEN:
             # The key itself is never echoed: only its length.
@@ -360,6 +371,13 @@ def _read_api_keys(
             continue
         keys.append(ApiKey(name=name, key=key, tenant=tenant))
     return tuple(keys)
+
+
+def _expand(text: str, environ: Mapping[str, str]) -> str:
+    def sub(m: re.Match[str]) -> str:
+        return environ.get(m.group(1) or m.group(2), m.group(0))
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, text)
 
 
 def _optional_tenant(raw: Any) -> str | None:
