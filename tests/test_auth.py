@@ -12,7 +12,7 @@ from tests.conftest import Daemon
 from webhookd.api.openapi import document
 
 KEY = "a" * 40
-PUBLIC = {"/healthz", "/readyz", "/openapi.json"}
+PUBLIC = {"/healthz", "/readyz", "/openapi.json", "/metrics"}
 
 
 async def test_every_route_but_the_public_ones_needs_a_key(make_daemon: Any) -> None:

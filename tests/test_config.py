@@ -383,7 +383,9 @@ def test_key_and_key_env_together_are_refused() -> None:
 
 
 def test_a_key_needs_key_or_key_env() -> None:
-    assert problems_of({"api_keys": [{"name": "a"}]}) == ["api_keys[0]: expected key, key_env or key_file"]
+    assert problems_of({"api_keys": [{"name": "a"}]}) == [
+        "api_keys[0]: expected key, key_env or key_file"
+    ]
 
 
 def test_a_key_needs_a_unique_name() -> None:

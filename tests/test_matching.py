@@ -12,11 +12,18 @@ segment = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCXYZ0123456789_-", min_s
 event_type = st.lists(segment, min_size=1, max_size=4).map(".".join)
 
 
-@pytest.mark.parametrize(
-    "name", ["call.completed", "call", "webhookd.endpoint.disabled", "a.b.c.d", "x"]
-)
-def test_star_matches_everything(name: str) -> None:
+@pytest.mark.parametrize("name", ["call.completed", "call", "a.b.c.d", "x", "webhookdx.y"])
+def test_star_matches_every_application_type(name: str) -> None:
     assert pattern_matches("*", name)
+
+
+@pytest.mark.parametrize(
+    "name", ["webhookd.endpoint.disabled", "webhookd.delivery.failed", "webhookd.test"]
+)
+def test_star_leaves_out_webhookds_own_types(name: str) -> None:
+    assert not pattern_matches("*", name)
+    assert pattern_matches("webhookd.*", name)
+    assert subscribed(["*", name], name)
 
 
 @pytest.mark.parametrize("name", ["call.completed", "call.a.b", "call.started", "call.x-y_z"])

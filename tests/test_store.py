@@ -15,7 +15,7 @@ from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms
 
 
-def new_event(n: int = 0, event_type: str = "webhookd.test") -> NewEvent:
+def new_event(n: int = 0, event_type: str = "order.created") -> NewEvent:
     return NewEvent(
         id=new_id("evt"),
         type=event_type,

@@ -6,8 +6,8 @@ acts on it.
 Startup: config -> logging -> store and migrations -> requeue deliveries left
 `delivering` -> HTTP client session -> dispatcher -> API listening -> ready.
 Shutdown (SIGTERM/SIGINT): stop the API, stop claiming, let open requests finish within
-`delivery.shutdown_grace_s`, give the rest back to `pending`, close. A second signal
-forces the exit.
+`delivery.shutdown_grace_s`, give the rest back to `pending`, publish the operational
+events those last outcomes raised, close. A second signal forces the exit.
 """
 
 from __future__ import annotations
@@ -27,9 +27,12 @@ from webhookd.api import create_app
 from webhookd.api.context import State
 from webhookd.config import Config, ConfigError, load_config
 from webhookd.dispatcher import Dispatcher
+from webhookd.metrics import Metrics
 from webhookd.netguard import AddressPolicy, make_connector
+from webhookd.opevents import OpEvents
+from webhookd.retention import Retention
 from webhookd.sdnotify import Notifier, watchdog_loop
-from webhookd.store.models import StorageError
+from webhookd.store.models import Claimed, Endpoint, Outcome, StorageError
 from webhookd.store.sqlite import SQLiteStore
 
 log = logging.getLogger("webhookd")
@@ -50,6 +53,11 @@ class Daemon:
         self.notifier = Notifier.from_env()
         self.session: aiohttp.ClientSession | None = None
         self.dispatcher: Dispatcher | None = None
+        self.opevents: OpEvents | None = None
+        self.metrics = Metrics()
+        self.state.extra["metrics"] = self.metrics
+        self.retention = Retention(self.store, lambda: self.config.retention.days)
+        self._retention_task: asyncio.Task[None] | None = None
         self.runner: web.AppRunner | None = None
         self.policy = AddressPolicy(config.security.allow_networks)
         self._stop = asyncio.Event()
@@ -78,7 +86,19 @@ class Daemon:
             max_line_size=8190,
             max_field_size=8190,
         )
-        self.dispatcher = Dispatcher(self.store, self.session, cfg.delivery)
+        self.opevents = OpEvents(self.store)
+        opevents = self.opevents
+        metrics = self.metrics
+
+        def on_outcome(c: Claimed, ep: Endpoint, o: Outcome) -> None:
+            opevents.on_outcome(c, ep, o)
+            try:
+                metrics.outcome(c, ep, o)
+            except Exception:
+                log.exception("metrics update failed", extra={"event": "metrics_bug"})
+
+        self.dispatcher = Dispatcher(self.store, self.session, cfg.delivery, on_outcome=on_outcome)
+        self.opevents.attach(self.dispatcher.notify_many)
         self.state.dispatcher = self.dispatcher
         await self.dispatcher.start()
         app = create_app(self.state)
@@ -100,6 +120,7 @@ class Daemon:
         self.bound = [_describe(s) for s in (self.runner.addresses or [])]
         self.state.starting = False
         self.notifier.ready(status=f"serving on {', '.join(self.bound)}")
+        self._retention_task = asyncio.create_task(self.retention.run(), name="webhookd-retention")
         self._watchdog = asyncio.create_task(
             watchdog_loop(
                 self.notifier, lambda: self.dispatcher is not None and self.dispatcher.running
@@ -196,14 +217,19 @@ class Daemon:
     async def shutdown(self) -> None:
         self.state.stopping = True
         self.notifier.stopping()
-        if self._watchdog is not None:
-            self._watchdog.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watchdog
+        for task in (self._watchdog, self._retention_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self.runner is not None:
             await self.runner.cleanup()
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.config.delivery.shutdown_grace_s)
+        if self.opevents is not None:
+            # After the last outcome, before the store closes: queued operational events
+            # are stored (and delivered after the next start).
+            await self.opevents.drain()
         if self.session is not None:
             await self.session.close()
         await self.store.close()

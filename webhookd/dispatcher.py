@@ -381,10 +381,15 @@ class Dispatcher:
                 disable_reason=disable,
             )
 
+        # The endpoint as it is now, not as it was when the request started: another
+        # attempt or an operator may have disabled it meanwhile. A disabled endpoint is
+        # not disabled twice, and its failed delivery is skipped instead of rescheduled.
+        current = self.store.endpoints.get(c.endpoint_id)
+        disabled = current is not None and not current.active
         if resp.ok:
-            return outcome("delivered", disable="gone" if gone else None)
-        if gone:
-            return outcome("skipped", disable="gone")
+            return outcome("delivered", disable="gone" if gone and not disabled else None)
+        if gone or disabled:
+            return outcome("skipped", disable="gone" if gone and not disabled else None)
         if (
             ep.failing_since is not None
             and now - ep.failing_since >= self.config.disable_after_s * 1000

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+RESERVED_PREFIX = "webhookd."
+
 
 def pattern_matches(pattern: str, event_type: str) -> bool:
-    """`*` matches everything, `call.*` matches `call.completed` and `call.x.y`
-    (not `call` itself), anything else matches exactly."""
+    """`*` matches every application event type, `call.*` matches `call.completed` and
+    `call.x.y` (not `call` itself), anything else matches exactly.
+
+    `*` (the default subscription) leaves out webhookd's own `webhookd.*` types: an
+    endpoint gets operational events only by naming them or with `webhookd.*`, so a
+    customer endpoint subscribed to "everything" does not start receiving webhookd's
+    notices about other endpoints."""
     if pattern == "*":
-        return True
+        return not event_type.startswith(RESERVED_PREFIX)
     if pattern.endswith(".*"):
         return event_type.startswith(pattern[:-1])
     return pattern == event_type

@@ -39,8 +39,7 @@ class Metrics:
         )
         self.attempts = Counter(
             "webhookd_attempts",
-            "Delivery attempts by outcome (success, http_error or an error kind) "
-            "and status class.",
+            "Delivery attempts by outcome (success, http_error or an error kind) and status class.",
             ["outcome", "status_class"],
             registry=r,
         )

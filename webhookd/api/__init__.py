@@ -6,6 +6,7 @@ import hmac
 
 from aiohttp import web
 
+from webhookd import metrics
 from webhookd.api import deliveries, endpoints, events, openapi, ops
 from webhookd.api.context import STATE, State
 from webhookd.api.errors import ApiError, Handler, error_middleware, error_response
@@ -58,6 +59,7 @@ def create_app(state: State) -> web.Application:
     app[STATE] = state
     app.add_routes(ops.routes())
     app.add_routes(openapi.routes())
+    app.add_routes([web.get("/metrics", metrics.handler, allow_head=False)])
     app.add_routes(events.routes())
     app.add_routes(endpoints.routes())
     app.add_routes(deliveries.routes())

@@ -350,6 +350,10 @@ def validate_fields(
         out["secret"] = signing.generate_secret()
     if out.get("active"):
         out["disabled_reason"] = None
+        if current is not None and not current.active:
+            # A fresh start: otherwise the first failure after re-enabling would count
+            # the whole disabled period and disable the endpoint again at once.
+            out["failing_since"] = None
     return out
 
 

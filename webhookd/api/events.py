@@ -119,6 +119,9 @@ def _raise_too_large(request: web.Request, too_large: list[tuple[Any, int]]) -> 
 
 
 def _notify(request: web.Request, results: list[PublishResult]) -> None:
+    counter = state(request).extra.get("metrics")
+    if counter is not None:
+        counter.published(sum(1 for r in results if r.created))
     dispatcher = state(request).dispatcher
     if dispatcher is not None:
         for res in results:

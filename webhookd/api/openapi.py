@@ -383,6 +383,18 @@ def _paths() -> J:
                 },
             }
         },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (auth only with metrics.require_auth)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text format",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "401": {"description": ERROR_TEXT[401], "content": _json(ref("Error"))},
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "summary": "This document",

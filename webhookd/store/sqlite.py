@@ -1036,6 +1036,14 @@ async def _record_merged(
         updates,
     )
     await _endpoint_health(conn, store, [o for _, o in items], now)
+    # An outcome decided just before another attempt disabled the endpoint must not leave
+    # a delivery pending on a disabled endpoint.
+    await conn.executemany(
+        "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, updated_at=? "
+        "WHERE id=? AND status='pending' AND endpoint_id IN "
+        "(SELECT id FROM endpoints WHERE active=0)",
+        [(now, o.delivery_id) for _, o in items if o.status == "pending"],
+    )
     return [None] * len(items)
 
 
