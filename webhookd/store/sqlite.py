@@ -8,10 +8,7 @@ after each committed change; deliveries, the backlog, stay on disk.
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import json
 import os
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
@@ -24,7 +21,7 @@ import orjson
 from webhookd.config import EventTypeDecl
 from webhookd.ids import new_id
 from webhookd.matching import subscribed
-from webhookd.signing import SignatureSpec
+from webhookd.store.batches import publish_merged, record_merged
 from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
@@ -39,134 +36,37 @@ from webhookd.store.models import (
     NotFound,
     Outcome,
     Page,
-    PreviousSecret,
     PublishResult,
     StorageError,
+)
+from webhookd.store.rows import (
+    DELIVERY_COLS,
+    ENDPOINT_COLS,
+    BadCursor,
+    body_hash,
+    decode_cursor,
+    decode_name_cursor,
+    delivery_from_row,
+    encode_cursor,
+    encode_name_cursor,
+    endpoint_columns,
+    endpoint_from_row,
+    window,
 )
 from webhookd.store.writer import Writer
 from webhookd.timefmt import now_ms
 
 BUSY_TIMEOUT_MS = 5000
-_DELIVERY_COLS = (
-    "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
-    "next_attempt_at, created_at, updated_at, seq"
-)
-_ENDPOINT_COLS = (
-    "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
-    "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
-    "ordered, last_success_at, failing_since, created_at, updated_at, seq"
-)
 
-
-class BadCursor(ValueError):
-    pass
-
-
-def encode_cursor(seq: int) -> str:
-    return base64.urlsafe_b64encode(f"c1:{seq}".encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> int:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
-        tag, _, seq = text.partition(":")
-        if tag != "c1" or not seq.isdigit() or len(seq) > 18:
-            raise ValueError
-        return int(seq)
-    except (ValueError, UnicodeError):
-        raise BadCursor("cursor is not one this server handed out") from None
-
-
-def encode_name_cursor(name: str) -> str:
-    return base64.urlsafe_b64encode(f"n1:{name}".encode()).decode().rstrip("=")
-
-
-def decode_name_cursor(cursor: str) -> str:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
-    except (ValueError, UnicodeError):
-        raise BadCursor("cursor is not one this server handed out") from None
-    tag, sep, name = text.partition(":")
-    if tag != "n1" or not sep:
-        raise BadCursor("cursor is not one this server handed out")
-    return name
-
-
-def body_hash(event_type: str, tenant: str | None, payload: Any, deliver_at: int | None) -> bytes:
-    """What 'the same body' means for idempotent publishing: type, tenant, payload and
-    deliver_at, with object keys sorted so that key order does not matter."""
-    doc = {"type": event_type, "tenant": tenant, "payload": payload, "deliver_at": deliver_at}
-    try:
-        canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits
-        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(canonical).digest()
-
-
-def _endpoint_from_row(row: Sequence[Any]) -> Endpoint:
-    fmt = orjson.loads(row[11])
-    sig = orjson.loads(row[10])
-    return Endpoint(
-        id=row[0],
-        url=row[1],
-        tenant=row[2],
-        description=row[3],
-        metadata=orjson.loads(row[4]),
-        events=tuple(orjson.loads(row[5])),
-        active=bool(row[6]),
-        disabled_reason=row[7],
-        secret=row[8],
-        previous_secrets=tuple(
-            PreviousSecret(secret=p["secret"], expires_at=p["expires_at"])
-            for p in orjson.loads(row[9])
-        ),
-        signature=SignatureSpec(
-            scheme=sig.get("scheme", "standard"),
-            header=sig.get("header"),
-            timestamp_header=sig.get("timestamp_header"),
-        ),
-        formats=tuple(fmt) if isinstance(fmt, list) else (fmt,),
-        format_is_list=isinstance(fmt, list),
-        headers=orjson.loads(row[12]),
-        delay_s=row[13],
-        rate_limit_per_s=row[14],
-        max_in_flight=row[15],
-        ordered=bool(row[16]),
-        last_success_at=row[17],
-        failing_since=row[18],
-        created_at=row[19],
-        updated_at=row[20],
-    )
-
-
-def _delivery_from_row(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        event_id=row[1],
-        event_type=row[2],
-        endpoint_id=row[3],
-        tenant=row[4],
-        status=row[5],
-        attempt_count=row[6],
-        next_attempt_at=row[7] if row[5] == "pending" else None,
-        created_at=row[8],
-        updated_at=row[9],
-    )
-
-
-def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
-    """API-level endpoint fields to column values."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in ("metadata", "headers", "events", "format", "signature", "previous_secrets"):
-            out["format" if key == "format" else key] = orjson.dumps(value).decode()
-        elif key in ("active", "ordered"):
-            out[key] = 1 if value else 0
-        else:
-            out[key] = value
-    return out
+__all__ = [
+    "BadCursor",
+    "SQLiteStore",
+    "body_hash",
+    "decode_cursor",
+    "decode_name_cursor",
+    "encode_cursor",
+    "encode_name_cursor",
+]
 
 
 class SQLiteStore:
@@ -248,9 +148,9 @@ class SQLiteStore:
 
     async def _load_caches(self) -> None:
         async with self._read.execute(
-            f"SELECT {_ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL"
+            f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL"
         ) as cur:
-            self.endpoints = {r[0]: _endpoint_from_row(r) for r in await cur.fetchall()}
+            self.endpoints = {r[0]: endpoint_from_row(r) for r in await cur.fetchall()}
         async with self._read.execute(
             "SELECT name, description, source, created_at FROM event_types"
         ) as cur:
@@ -343,13 +243,13 @@ class SQLiteStore:
 
     async def _fetch_endpoint(self, conn: aiosqlite.Connection, endpoint_id: str) -> Endpoint:
         async with conn.execute(
-            f"SELECT {_ENDPOINT_COLS} FROM endpoints WHERE id=? AND deleted_at IS NULL",
+            f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE id=? AND deleted_at IS NULL",
             (endpoint_id,),
         ) as cur:
             row = await cur.fetchone()
         if row is None:
             raise NotFound(f"no endpoint with id {endpoint_id}")
-        return _endpoint_from_row(row)
+        return endpoint_from_row(row)
 
     def get_endpoint(self, endpoint_id: str) -> Endpoint:
         ep = self.endpoints.get(endpoint_id)
@@ -367,8 +267,8 @@ class SQLiteStore:
         if active is not None:
             where.append("active=?")
             args.append(1 if active else 0)
-        rows, nxt = await self._page("endpoints", _ENDPOINT_COLS, where, args, cursor, limit)
-        return Page([_endpoint_from_row(r) for r in rows], nxt)
+        rows, nxt = await self._page("endpoints", ENDPOINT_COLS, where, args, cursor, limit)
+        return Page([endpoint_from_row(r) for r in rows], nxt)
 
     async def update_endpoint(self, endpoint_id: str, changes: Mapping[str, Any]) -> Endpoint:
         """Apply field changes; deactivating turns pending deliveries into `skipped`."""
@@ -523,7 +423,7 @@ class SQLiteStore:
         publishes). Raises Conflict if an id exists with a different body; then nothing
         of this call is stored."""
         result: list[PublishResult] = await self._writer().run_merged(
-            _publish_merged, (self, events)
+            publish_merged, (self, events)
         )
         return result
 
@@ -546,10 +446,10 @@ class SQLiteStore:
         if row is None:
             raise NotFound(f"no event with id {event_id}")
         async with self._read.execute(
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE event_id=? ORDER BY seq",
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE event_id=? ORDER BY seq",
             (event_id,),
         ) as cur:
-            deliveries = [_delivery_from_row(r) for r in await cur.fetchall()]
+            deliveries = [delivery_from_row(r) for r in await cur.fetchall()]
         return Event(*row), deliveries
 
     async def list_events(
@@ -570,7 +470,7 @@ class SQLiteStore:
         if tenant is not ...:
             where.append("tenant IS ?")
             args.append(tenant)
-        _window(where, args, since, until)
+        window(where, args, since, until)
         rows, nxt = await self._page(
             "events",
             "id, type, tenant, payload, deliver_at, created_at, seq",
@@ -610,13 +510,13 @@ class SQLiteStore:
         if tenant is not ...:
             where.append("tenant IS ?")
             args.append(tenant)
-        _window(where, args, since, until)
-        rows, nxt = await self._page("deliveries", _DELIVERY_COLS, where, args, cursor, limit)
-        return Page([_delivery_from_row(r) for r in rows], nxt)
+        window(where, args, since, until)
+        rows, nxt = await self._page("deliveries", DELIVERY_COLS, where, args, cursor, limit)
+        return Page([delivery_from_row(r) for r in rows], nxt)
 
     async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[Attempt]]:
         async with self._read.execute(
-            f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
         ) as cur:
             row = await cur.fetchone()
         if row is None:
@@ -643,7 +543,7 @@ class SQLiteStore:
                 )
                 for r in await cur.fetchall()
             ]
-        return _delivery_from_row(row), attempts
+        return delivery_from_row(row), attempts
 
     async def retry_delivery(self, delivery_id: str) -> Delivery:
         """Make a delivery due now for one manual attempt, whatever its state."""
@@ -674,11 +574,11 @@ class SQLiteStore:
                 (now, now, delivery_id),
             )
             async with conn.execute(
-                f"SELECT {_DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
+                f"SELECT {DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
             ) as cur:
                 updated = await cur.fetchone()
             assert updated is not None
-            return _delivery_from_row(updated)
+            return delivery_from_row(updated)
 
         result: Delivery = await self._writer().run(job)
         return result
@@ -825,7 +725,7 @@ class SQLiteStore:
 
     async def record(self, outcome: Outcome) -> None:
         """Store one attempt and the delivery's new state (batched with others)."""
-        await self._writer().run_merged(_record_merged, (self, outcome))
+        await self._writer().run_merged(record_merged, (self, outcome))
 
     def refresh_endpoint_health(self, endpoint_id: str, **changes: Any) -> None:
         ep = self.endpoints.get(endpoint_id)
@@ -862,223 +762,6 @@ class SQLiteStore:
             rows = rows[:limit]
             nxt = encode_cursor(rows[-1][-1])
         return rows, nxt
-
-
-def _window(where: list[str], args: list[Any], since: int | None, until: int | None) -> None:
-    if since is not None:
-        where.append("created_at >= ?")
-        args.append(since)
-    if until is not None:
-        where.append("created_at < ?")
-        args.append(until)
-
-
-async def _publish_merged(
-    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
-) -> list[Any]:
-    """All publishes queued in one batch: find existing ids, then two bulk inserts."""
-    store = items[0][0]
-    now = now_ms()
-    wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
-    existing: dict[str, tuple[Event, bytes | None]] = {}
-    if wanted_ids:
-        id_list = list(wanted_ids)
-        for i in range(0, len(id_list), 500):
-            chunk = id_list[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            async with conn.execute(
-                "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
-                f"FROM events WHERE id IN ({marks})",
-                chunk,
-            ) as cur:
-                for r in await cur.fetchall():
-                    existing[r[0]] = (Event(*r[:7]), r[7])
-    event_rows: list[tuple[Any, ...]] = []
-    delivery_rows: list[tuple[Any, ...]] = []
-    outputs: list[Any] = []
-    existing_counts: dict[str, int] = {}
-    for _, evs in items:
-        results: list[PublishResult] = []
-        staged_events: list[tuple[Any, ...]] = []
-        staged_deliveries: list[tuple[Any, ...]] = []
-        staged_existing: dict[str, tuple[Event, bytes | None]] = {}
-        conflict: Conflict | None = None
-        for index, ev in enumerate(evs):
-            prior = existing.get(ev.id) or staged_existing.get(ev.id)
-            if prior is not None:
-                if prior[1] != ev.body_hash:
-                    where = f" (events[{index}])" if len(evs) > 1 else ""
-                    conflict = Conflict(
-                        f"event id {ev.id}{where} was already used with a different body"
-                    )
-                    break
-                results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
-                continue
-            event = Event(
-                id=ev.id,
-                type=ev.type,
-                tenant=ev.tenant,
-                payload_json=ev.payload_json,
-                deliver_at=ev.deliver_at,
-                created_at=now,
-            )
-            staged_existing[ev.id] = (event, ev.body_hash)
-            staged_events.append(
-                (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
-            )
-            ids: list[str] = []
-            due_list: list[tuple[str, int]] = []
-            for ep in store._fan_out(ev):
-                delivery_id = new_id("dlv")
-                ids.append(delivery_id)
-                due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
-                status = "pending" if ep.active else "skipped"
-                if ep.active:
-                    due_list.append((ep.id, due))
-                delivery_rows_entry = (
-                    delivery_id,
-                    ev.id,
-                    ev.type,
-                    ep.id,
-                    ev.tenant,
-                    status,
-                    due if status == "pending" else None,
-                    now,
-                    now,
-                )
-                staged_deliveries.append(delivery_rows_entry)
-            results.append(
-                PublishResult(
-                    event=event,
-                    deliveries=len(ids),
-                    created=True,
-                    delivery_ids=tuple(ids),
-                    due=tuple(due_list),
-                )
-            )
-        if conflict is not None:
-            outputs.append(conflict)
-            continue
-        existing.update(staged_existing)
-        event_rows += staged_events
-        delivery_rows += staged_deliveries
-        outputs.append(results)
-    if event_rows:
-        await conn.executemany(
-            "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at) "
-            "VALUES (?,?,?,?,?,?,?)",
-            event_rows,
-        )
-    if delivery_rows:
-        await conn.executemany(
-            "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
-            "next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            delivery_rows,
-        )
-    # Idempotent repeats report the delivery count of the original event.
-    for out in outputs:
-        if isinstance(out, list):
-            for i, res in enumerate(out):
-                if res.deliveries == -1:
-                    eid = res.event.id
-                    if eid not in existing_counts:
-                        async with conn.execute(
-                            "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
-                        ) as cur:
-                            row = await cur.fetchone()
-                        existing_counts[eid] = int(row[0]) if row else 0
-                    out[i] = PublishResult(
-                        event=res.event, deliveries=existing_counts[eid], created=False
-                    )
-    return outputs
-
-
-async def _record_merged(
-    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Outcome]]
-) -> list[Any]:
-    """All attempt outcomes queued in one batch, written with a few bulk statements."""
-    store = items[0][0]
-    now = now_ms()
-    attempts = []
-    updates = []
-    for _, o in items:
-        a = o.attempt
-        attempts.append(
-            (
-                o.delivery_id,
-                a.number,
-                a.started_at,
-                a.duration_ms,
-                a.trigger,
-                a.format,
-                orjson.dumps(a.request_headers).decode(),
-                a.status_code,
-                orjson.dumps(a.response_headers).decode(),
-                a.response_body,
-                a.error_kind,
-                a.error_message,
-            )
-        )
-        updates.append(
-            (o.status, a.number, o.failures, o.format_index, o.next_attempt_at, now, o.delivery_id)
-        )
-    await conn.executemany(
-        "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
-        "request_headers, status_code, response_headers, response_body, error_kind, "
-        "error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        attempts,
-    )
-    # Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state.
-    await conn.executemany(
-        "UPDATE deliveries SET status=?, attempt_count=MAX(attempt_count, ?), failures=?, "
-        "format_index=?, next_attempt_at=?, manual=0, resume_at=NULL, updated_at=? "
-        "WHERE id=? AND status='delivering'",
-        updates,
-    )
-    await _endpoint_health(conn, store, [o for _, o in items], now)
-    # An outcome decided just before another attempt disabled the endpoint must not leave
-    # a delivery pending on a disabled endpoint.
-    await conn.executemany(
-        "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, updated_at=? "
-        "WHERE id=? AND status='pending' AND endpoint_id IN "
-        "(SELECT id FROM endpoints WHERE active=0)",
-        [(now, o.delivery_id) for _, o in items if o.status == "pending"],
-    )
-    return [None] * len(items)
-
-
-async def _endpoint_health(
-    conn: aiosqlite.Connection, store: SQLiteStore, outcomes: list[Outcome], now: int
-) -> None:
-    latest: dict[str, Outcome] = {}
-    disable: dict[str, str] = {}
-    for o in outcomes:
-        latest[o.endpoint_id] = o
-        if o.disable_reason:
-            disable[o.endpoint_id] = o.disable_reason
-    for endpoint_id, o in latest.items():
-        if o.success:
-            await conn.execute(
-                "UPDATE endpoints SET last_success_at=?, failing_since=NULL WHERE id=?",
-                (now, endpoint_id),
-            )
-            store.refresh_endpoint_health(endpoint_id, last_success_at=now, failing_since=None)
-        else:
-            await conn.execute(
-                "UPDATE endpoints SET failing_since=COALESCE(failing_since, ?) WHERE id=?",
-                (o.attempt.started_at, endpoint_id),
-            )
-            ep = store.endpoints.get(endpoint_id)
-            if ep is not None and ep.failing_since is None:
-                store.refresh_endpoint_health(endpoint_id, failing_since=o.attempt.started_at)
-    for endpoint_id, reason in disable.items():
-        await conn.execute(
-            "UPDATE endpoints SET active=0, disabled_reason=?, updated_at=? "
-            "WHERE id=? AND deleted_at IS NULL",
-            (reason, now, endpoint_id),
-        )
-        await store._skip_pending(conn, endpoint_id, now)
-        store.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)
 
 
 def _split_sql(script: str) -> list[str]:

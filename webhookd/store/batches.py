@@ -1,0 +1,225 @@
+"""The merged writes of the group commit: every publish, and every attempt outcome, queued
+while a transaction runs is written by one call with a few bulk statements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import aiosqlite
+import orjson
+
+from webhookd.ids import new_id
+from webhookd.store.models import Conflict, Event, NewEvent, Outcome, PublishResult
+from webhookd.timefmt import now_ms
+
+if TYPE_CHECKING:
+    from webhookd.store.sqlite import SQLiteStore
+
+
+async def publish_merged(
+    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
+) -> list[Any]:
+    """All publishes queued in one batch: find existing ids, then two bulk inserts."""
+    store = items[0][0]
+    now = now_ms()
+    wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
+    existing: dict[str, tuple[Event, bytes | None]] = {}
+    if wanted_ids:
+        id_list = list(wanted_ids)
+        for i in range(0, len(id_list), 500):
+            chunk = id_list[i : i + 500]
+            marks = ",".join("?" for _ in chunk)
+            async with conn.execute(
+                "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
+                f"FROM events WHERE id IN ({marks})",
+                chunk,
+            ) as cur:
+                for r in await cur.fetchall():
+                    existing[r[0]] = (Event(*r[:7]), r[7])
+    event_rows: list[tuple[Any, ...]] = []
+    delivery_rows: list[tuple[Any, ...]] = []
+    outputs: list[Any] = []
+    existing_counts: dict[str, int] = {}
+    for _, evs in items:
+        results: list[PublishResult] = []
+        staged_events: list[tuple[Any, ...]] = []
+        staged_deliveries: list[tuple[Any, ...]] = []
+        staged_existing: dict[str, tuple[Event, bytes | None]] = {}
+        conflict: Conflict | None = None
+        for index, ev in enumerate(evs):
+            prior = existing.get(ev.id) or staged_existing.get(ev.id)
+            if prior is not None:
+                if prior[1] != ev.body_hash:
+                    where = f" (events[{index}])" if len(evs) > 1 else ""
+                    conflict = Conflict(
+                        f"event id {ev.id}{where} was already used with a different body"
+                    )
+                    break
+                results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
+                continue
+            event = Event(
+                id=ev.id,
+                type=ev.type,
+                tenant=ev.tenant,
+                payload_json=ev.payload_json,
+                deliver_at=ev.deliver_at,
+                created_at=now,
+            )
+            staged_existing[ev.id] = (event, ev.body_hash)
+            staged_events.append(
+                (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+            )
+            ids: list[str] = []
+            due_list: list[tuple[str, int]] = []
+            for ep in store._fan_out(ev):
+                delivery_id = new_id("dlv")
+                ids.append(delivery_id)
+                due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
+                status = "pending" if ep.active else "skipped"
+                if ep.active:
+                    due_list.append((ep.id, due))
+                delivery_rows_entry = (
+                    delivery_id,
+                    ev.id,
+                    ev.type,
+                    ep.id,
+                    ev.tenant,
+                    status,
+                    due if status == "pending" else None,
+                    now,
+                    now,
+                )
+                staged_deliveries.append(delivery_rows_entry)
+            results.append(
+                PublishResult(
+                    event=event,
+                    deliveries=len(ids),
+                    created=True,
+                    delivery_ids=tuple(ids),
+                    due=tuple(due_list),
+                )
+            )
+        if conflict is not None:
+            outputs.append(conflict)
+            continue
+        existing.update(staged_existing)
+        event_rows += staged_events
+        delivery_rows += staged_deliveries
+        outputs.append(results)
+    if event_rows:
+        await conn.executemany(
+            "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            event_rows,
+        )
+    if delivery_rows:
+        await conn.executemany(
+            "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
+            "next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            delivery_rows,
+        )
+    # Idempotent repeats report the delivery count of the original event.
+    for out in outputs:
+        if isinstance(out, list):
+            for i, res in enumerate(out):
+                if res.deliveries == -1:
+                    eid = res.event.id
+                    if eid not in existing_counts:
+                        async with conn.execute(
+                            "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
+                        ) as cur:
+                            row = await cur.fetchone()
+                        existing_counts[eid] = int(row[0]) if row else 0
+                    out[i] = PublishResult(
+                        event=res.event, deliveries=existing_counts[eid], created=False
+                    )
+    return outputs
+
+
+async def record_merged(
+    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Outcome]]
+) -> list[Any]:
+    """All attempt outcomes queued in one batch, written with a few bulk statements."""
+    store = items[0][0]
+    now = now_ms()
+    attempts = []
+    updates = []
+    for _, o in items:
+        a = o.attempt
+        attempts.append(
+            (
+                o.delivery_id,
+                a.number,
+                a.started_at,
+                a.duration_ms,
+                a.trigger,
+                a.format,
+                orjson.dumps(a.request_headers).decode(),
+                a.status_code,
+                orjson.dumps(a.response_headers).decode(),
+                a.response_body,
+                a.error_kind,
+                a.error_message,
+            )
+        )
+        updates.append(
+            (o.status, a.number, o.failures, o.format_index, o.next_attempt_at, now, o.delivery_id)
+        )
+    await conn.executemany(
+        "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
+        "request_headers, status_code, response_headers, response_body, error_kind, "
+        "error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+        attempts,
+    )
+    # Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state.
+    await conn.executemany(
+        "UPDATE deliveries SET status=?, attempt_count=MAX(attempt_count, ?), failures=?, "
+        "format_index=?, next_attempt_at=?, manual=0, resume_at=NULL, updated_at=? "
+        "WHERE id=? AND status='delivering'",
+        updates,
+    )
+    await endpoint_health(conn, store, [o for _, o in items], now)
+    # An outcome decided just before another attempt disabled the endpoint must not leave
+    # a delivery pending on a disabled endpoint.
+    await conn.executemany(
+        "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, updated_at=? "
+        "WHERE id=? AND status='pending' AND endpoint_id IN "
+        "(SELECT id FROM endpoints WHERE active=0)",
+        [(now, o.delivery_id) for _, o in items if o.status == "pending"],
+    )
+    return [None] * len(items)
+
+
+async def endpoint_health(
+    conn: aiosqlite.Connection, store: SQLiteStore, outcomes: list[Outcome], now: int
+) -> None:
+    latest: dict[str, Outcome] = {}
+    disable: dict[str, str] = {}
+    for o in outcomes:
+        latest[o.endpoint_id] = o
+        if o.disable_reason:
+            disable[o.endpoint_id] = o.disable_reason
+    for endpoint_id, o in latest.items():
+        if o.success:
+            await conn.execute(
+                "UPDATE endpoints SET last_success_at=?, failing_since=NULL WHERE id=?",
+                (now, endpoint_id),
+            )
+            store.refresh_endpoint_health(endpoint_id, last_success_at=now, failing_since=None)
+        else:
+            await conn.execute(
+                "UPDATE endpoints SET failing_since=COALESCE(failing_since, ?) WHERE id=?",
+                (o.attempt.started_at, endpoint_id),
+            )
+            ep = store.endpoints.get(endpoint_id)
+            if ep is not None and ep.failing_since is None:
+                store.refresh_endpoint_health(endpoint_id, failing_since=o.attempt.started_at)
+    for endpoint_id, reason in disable.items():
+        await conn.execute(
+            "UPDATE endpoints SET active=0, disabled_reason=?, updated_at=? "
+            "WHERE id=? AND deleted_at IS NULL",
+            (reason, now, endpoint_id),
+        )
+        await store._skip_pending(conn, endpoint_id, now)
+        store.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)

@@ -1,0 +1,144 @@
+"""Rows to objects and back, and the opaque list cursors. No database access here."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from webhookd.signing import SignatureSpec
+from webhookd.store.models import Delivery, Endpoint, PreviousSecret
+
+DELIVERY_COLS = (
+    "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
+    "next_attempt_at, created_at, updated_at, seq"
+)
+ENDPOINT_COLS = (
+    "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
+    "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
+    "ordered, last_success_at, failing_since, created_at, updated_at, seq"
+)
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(seq: int) -> str:
+    return base64.urlsafe_b64encode(f"c1:{seq}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("ascii")
+        tag, _, seq = text.partition(":")
+        if tag != "c1" or not seq.isdigit() or len(seq) > 18:
+            raise ValueError
+        return int(seq)
+    except (ValueError, UnicodeError):
+        raise BadCursor("cursor is not one this server handed out") from None
+
+
+def encode_name_cursor(name: str) -> str:
+    return base64.urlsafe_b64encode(f"n1:{name}".encode()).decode().rstrip("=")
+
+
+def decode_name_cursor(cursor: str) -> str:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        text = base64.urlsafe_b64decode(padded.encode("ascii")).decode("utf-8")
+    except (ValueError, UnicodeError):
+        raise BadCursor("cursor is not one this server handed out") from None
+    tag, sep, name = text.partition(":")
+    if tag != "n1" or not sep:
+        raise BadCursor("cursor is not one this server handed out")
+    return name
+
+
+def body_hash(event_type: str, tenant: str | None, payload: Any, deliver_at: int | None) -> bytes:
+    """What 'the same body' means for idempotent publishing: type, tenant, payload and
+    deliver_at, with object keys sorted so that key order does not matter."""
+    doc = {"type": event_type, "tenant": tenant, "payload": payload, "deliver_at": deliver_at}
+    try:
+        canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits
+        canonical = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(canonical).digest()
+
+
+def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
+    fmt = orjson.loads(row[11])
+    sig = orjson.loads(row[10])
+    return Endpoint(
+        id=row[0],
+        url=row[1],
+        tenant=row[2],
+        description=row[3],
+        metadata=orjson.loads(row[4]),
+        events=tuple(orjson.loads(row[5])),
+        active=bool(row[6]),
+        disabled_reason=row[7],
+        secret=row[8],
+        previous_secrets=tuple(
+            PreviousSecret(secret=p["secret"], expires_at=p["expires_at"])
+            for p in orjson.loads(row[9])
+        ),
+        signature=SignatureSpec(
+            scheme=sig.get("scheme", "standard"),
+            header=sig.get("header"),
+            timestamp_header=sig.get("timestamp_header"),
+        ),
+        formats=tuple(fmt) if isinstance(fmt, list) else (fmt,),
+        format_is_list=isinstance(fmt, list),
+        headers=orjson.loads(row[12]),
+        delay_s=row[13],
+        rate_limit_per_s=row[14],
+        max_in_flight=row[15],
+        ordered=bool(row[16]),
+        last_success_at=row[17],
+        failing_since=row[18],
+        created_at=row[19],
+        updated_at=row[20],
+    )
+
+
+def delivery_from_row(row: Sequence[Any]) -> Delivery:
+    return Delivery(
+        id=row[0],
+        event_id=row[1],
+        event_type=row[2],
+        endpoint_id=row[3],
+        tenant=row[4],
+        status=row[5],
+        attempt_count=row[6],
+        next_attempt_at=row[7] if row[5] == "pending" else None,
+        created_at=row[8],
+        updated_at=row[9],
+    )
+
+
+def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
+    """API-level endpoint fields to column values."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in ("metadata", "headers", "events", "format", "signature", "previous_secrets"):
+            out["format" if key == "format" else key] = orjson.dumps(value).decode()
+        elif key in ("active", "ordered"):
+            out[key] = 1 if value else 0
+        else:
+            out[key] = value
+    return out
+
+
+def window(where: list[str], args: list[Any], since: int | None, until: int | None) -> None:
+    if since is not None:
+        where.append("created_at >= ?")
+        args.append(since)
+    if until is not None:
+        where.append("created_at < ?")
+        args.append(until)
