@@ -102,7 +102,7 @@ async def test_reload_applies_live_settings(make_daemon: Any, receiver: Receiver
     assert receiver.event_ids() == [ev["id"], ev["id"]]
     assert ep["id"]
     # Debug level now applies: per-attempt lines appear.
-    await wait_until(lambda: "attempt_" in d.log_text(True), 10, "a debug attempt line")
+    await wait_until(lambda: "event=attempt " in d.log_text(True), 10, "a debug attempt line")
 
 
 async def test_bad_reload_keeps_the_old_config(make_daemon: Any, receiver: Receiver) -> None:

@@ -418,29 +418,31 @@ class Dispatcher:
             self.stats.delivered += 1
         if not o.success:
             self.stats.failed_attempts += 1
-        if o.attempt.error_kind is not None or not o.success:
-            level = logging.DEBUG if o.status == "pending" else logging.INFO
-            log.log(
-                level,
-                "delivery attempt failed",
+        a = o.attempt
+        # One line per attempt, at debug level only.
+        log.debug(
+            "attempt",
+            extra={
+                "event": "attempt",
+                "delivery_id": o.delivery_id,
+                "endpoint_id": o.endpoint_id,
+                "number": a.number,
+                "status_code": a.status_code,
+                "error_kind": a.error_kind,
+                "duration_ms": a.duration_ms,
+                "next_status": o.status,
+            },
+        )
+        if o.status == "failed":
+            log.info(
+                "delivery failed",
                 extra={
-                    "event": "attempt_failed",
+                    "event": "delivery_failed",
                     "delivery_id": o.delivery_id,
                     "endpoint_id": o.endpoint_id,
-                    "status_code": o.attempt.status_code,
-                    "error_kind": o.attempt.error_kind,
-                    "next_status": o.status,
-                },
-            )
-        else:
-            log.debug(
-                "delivered",
-                extra={
-                    "event": "attempt_delivered",
-                    "delivery_id": o.delivery_id,
-                    "endpoint_id": o.endpoint_id,
-                    "status_code": o.attempt.status_code,
-                    "duration_ms": o.attempt.duration_ms,
+                    "attempts": a.number,
+                    "status_code": a.status_code,
+                    "error_kind": a.error_kind,
                 },
             )
 

@@ -3,6 +3,7 @@ while a transaction runs is written by one call with a few bulk statements."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,8 @@ from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
     from webhookd.store.sqlite import SQLiteStore
+
+log = logging.getLogger("webhookd.store")
 
 
 async def publish_merged(
@@ -216,10 +219,15 @@ async def endpoint_health(
             if ep is not None and ep.failing_since is None:
                 store.refresh_endpoint_health(endpoint_id, failing_since=o.attempt.started_at)
     for endpoint_id, reason in disable.items():
-        await conn.execute(
+        cur = await conn.execute(
             "UPDATE endpoints SET active=0, disabled_reason=?, updated_at=? "
-            "WHERE id=? AND deleted_at IS NULL",
+            "WHERE id=? AND deleted_at IS NULL AND active=1",
             (reason, now, endpoint_id),
         )
+        if cur.rowcount:
+            log.warning(
+                "endpoint disabled",
+                extra={"event": "endpoint_disabled", "endpoint_id": endpoint_id, "reason": reason},
+            )
         await store._skip_pending(conn, endpoint_id, now)
         store.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)
