@@ -258,3 +258,28 @@ async def test_metrics_auth_is_configurable(make_daemon: Any) -> None:
     await d.start()
     assert (await d.get("/metrics", key="")).status == 401
     assert (await d.get("/metrics", key=key)).status == 200
+
+
+async def test_readyz_and_publish_answer_503_while_storage_cannot_write(
+    make_daemon: Any,
+) -> None:
+    import sqlite3
+
+    d: Daemon = await make_daemon()
+    assert (await d.get("/readyz")).status == 200
+    # Another process holds the write lock longer than the daemon's busy timeout.
+    blocker = sqlite3.connect(d.config["database"], isolation_level=None)
+    blocker.execute("BEGIN EXCLUSIVE")
+    try:
+        r = await d.get("/readyz")
+        assert r.status == 503, r
+        assert "storage cannot write" in r.json["problems"]
+        r = await d.post("/v1/events", {"type": "call.completed", "payload": {}})
+        assert r.status == 503, r
+        assert r.json["error"] == "unavailable"
+        assert r.headers.get("Retry-After")
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert (await d.get("/readyz")).status == 200
+    assert (await d.post("/v1/events", {"type": "call.completed", "payload": {}})).status == 202
