@@ -42,9 +42,9 @@ async def test_pragmas_and_schema_version(store: SQLiteStore) -> None:
     tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"event_types", "endpoints", "events", "deliveries", "attempts"} <= tables
     conn.close()
-    assert store._w is not None
-    async with store._w.execute("PRAGMA synchronous") as cur:
-        assert (await cur.fetchone())[0] == 2  # FULL
+    assert store.writer is not None
+    level = await store.writer.run(lambda c: c.execute("PRAGMA synchronous").fetchone()[0])
+    assert level == 2  # FULL
 
 
 async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:

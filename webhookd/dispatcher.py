@@ -15,6 +15,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -28,6 +29,7 @@ from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms, to_rfc3339
 
 log = logging.getLogger("webhookd.dispatcher")
+RECORDING_FACTOR = 4
 
 
 @dataclass
@@ -36,6 +38,9 @@ class _EndpointState:
     next_due: int | None = None  # ms; None: nothing pending that we know of
     next_send: float = 0.0  # ms; the rate limit's next free slot
     notified: int = 0  # bumped by every notify, to spot one that raced a claim
+    # Claimed ahead, waiting for a free slot: a finished request is followed at once by
+    # the next one, without waiting for a claim to commit.
+    ready: deque[Claimed] = field(default_factory=deque)
 
 
 @dataclass
@@ -74,6 +79,8 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._attempting = 0
+        self._queued = 0
         self.stats = Stats()
 
     # --- control --------------------------------------------------------------------
@@ -120,28 +127,31 @@ class Dispatcher:
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
+        # Claimed ahead but never started.
+        give_back = [c.delivery_id for st in self._states.values() for c in st.ready]
+        for st in self._states.values():
+            st.ready.clear()
+        self._queued = 0
         tasks = [t.task for t in self._tasks.values()]
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
-            unattempted = [
-                t.claimed.delivery_id
-                for t in self._tasks.values()
-                if t.task in pending and t.attempting
-            ]
-            for t in list(self._tasks.values()):
-                if t.task in pending and t.attempting:
-                    t.task.cancel()
+            cut = [t for t in self._tasks.values() if t.task in pending and t.attempting]
+            give_back += [t.claimed.delivery_id for t in cut]
+            for t in cut:
+                t.task.cancel()
             if pending:
                 await asyncio.wait(pending)
-            try:
-                await self.store.release(unattempted)
-            except StorageError:
-                log.exception("could not give back deliveries; they are requeued at startup")
-            if unattempted:
-                log.info(
-                    "returned unfinished deliveries to pending",
-                    extra={"event": "shutdown_requeued", "count": len(unattempted)},
-                )
+        if not give_back:
+            return
+        try:
+            await self.store.release(give_back)
+        except StorageError:
+            log.exception("could not give back deliveries; they are requeued at startup")
+            return
+        log.info(
+            "returned unfinished deliveries to pending",
+            extra={"event": "shutdown_requeued", "count": len(give_back)},
+        )
 
     # --- the loop -------------------------------------------------------------------
 
@@ -158,7 +168,12 @@ class Dispatcher:
 
     def _wants(self, now: int) -> tuple[dict[str, int], float | None]:
         """How many deliveries to claim per endpoint now, and when to look again."""
-        free = self.config.workers - len(self._tasks)
+        # A worker is busy while its request is open; writing the outcome happens after it
+        # is free again (batched with other outcomes), bounded so that a slow disk pushes
+        # back instead of piling up outcomes in memory.
+        free = 2 * self.config.workers - self._attempting - self._queued
+        if len(self._tasks) >= RECORDING_FACTOR * self.config.workers:
+            free = 0
         wants: dict[str, int] = {}
         wake_at: float | None = None
         endpoints = self.store.endpoints
@@ -168,10 +183,14 @@ class Dispatcher:
                 if st.in_flight == 0:
                     del self._states[endpoint_id]
                 continue
+            if not ep.active and st.ready:
+                self._start_ready(endpoint_id)  # they are skipped, not sent
             if not ep.active or st.next_due is None:
                 continue
-            room = self._limit(ep) - st.in_flight
-            if room <= 0:
+            limit = self._limit(ep)
+            prefetch = 0 if ep.ordered or ep.rate_limit_per_s else limit
+            room = limit + prefetch - st.in_flight - len(st.ready)
+            if room <= 0 or len(st.ready) >= limit:
                 continue
             due: float = st.next_due
             if ep.rate_limit_per_s:
@@ -242,15 +261,33 @@ class Dispatcher:
                 # A notify arrived while the claim ran: its delivery may not have been
                 # visible to the claim, so keep what it said as well.
                 st.next_due = due
+        touched: set[str] = set()
         for c in claimed:
             ep = self.store.endpoints.get(c.endpoint_id)
             st = self._state(c.endpoint_id)
-            st.in_flight += 1
             if ep is not None and ep.rate_limit_per_s:
                 st.next_send = max(float(now), st.next_send) + 1000.0 / ep.rate_limit_per_s
+            st.ready.append(c)
+            self._queued += 1
+            touched.add(c.endpoint_id)
+        for endpoint_id in touched:
+            self._start_ready(endpoint_id)
+
+    def _start_ready(self, endpoint_id: str) -> None:
+        """Start claimed deliveries of this endpoint while it and the pool have room."""
+        st = self._states.get(endpoint_id)
+        if st is None or not st.ready:
+            return
+        ep = self.store.endpoints.get(endpoint_id)
+        limit = self._limit(ep) if ep is not None else 1
+        while st.ready and st.in_flight < limit and self._attempting < self.config.workers:
+            c = st.ready.popleft()
+            self._queued -= 1
+            st.in_flight += 1
+            self._attempting += 1
             task = asyncio.create_task(self._deliver(c), name=f"webhookd-deliver-{c.delivery_id}")
             self._tasks[c.delivery_id] = _Task(claimed=c, task=task)
-        self.stats.in_flight = len(self._tasks)
+        self.stats.in_flight = self._attempting
 
     # --- one delivery -----------------------------------------------------------------
 
@@ -259,6 +296,10 @@ class Dispatcher:
             ep = self.store.endpoints.get(c.endpoint_id)
             if ep is None:
                 # Deleted after the claim: the store already cancelled the delivery.
+                return
+            if not ep.active:
+                # Disabled after the claim: skipped like its other pending deliveries.
+                await self.store.release([c.delivery_id], status="skipped")
                 return
             try:
                 resp, fmt, started_at = await self._attempt(c, ep)
@@ -276,13 +317,16 @@ class Dispatcher:
                     request_headers={},
                 )
                 fmt, started_at = ep.formats[0], now_ms()
-            entry = self._tasks.get(c.delivery_id)
-            if entry is not None:
-                entry.attempting = False
-            st = self._state(c.endpoint_id)
-            st.in_flight -= 1
-            self._wake.set()
             outcome = self._decide(c, ep, resp, fmt, started_at)
+            if outcome.disable_reason is not None:
+                # Nothing more may go to this endpoint: mark it disabled in memory now, and
+                # keep its slot until the disable is on disk, so no claimed-ahead delivery
+                # starts in between.
+                self.store.refresh_endpoint_health(
+                    c.endpoint_id, active=False, disabled_reason=outcome.disable_reason
+                )
+            else:
+                self._attempt_done(c)
             try:
                 await self.store.record(outcome)
             except Exception:
@@ -297,12 +341,27 @@ class Dispatcher:
             if self.on_outcome is not None:
                 self.on_outcome(c, ep, outcome)
         finally:
-            entry = self._tasks.pop(c.delivery_id, None)
-            if entry is not None and entry.attempting:
-                self._state(c.endpoint_id).in_flight -= 1
-            # A worker is free again (workers are held until the outcome is written).
+            self._attempt_done(c)
+            self._tasks.pop(c.delivery_id, None)
+            # The recording backlog shrank: the loop may claim again.
             self._wake.set()
-            self.stats.in_flight = len(self._tasks)
+
+    def _attempt_done(self, c: Claimed) -> None:
+        """The request is over (or never happens): free the endpoint slot and the worker."""
+        entry = self._tasks.get(c.delivery_id)
+        if entry is None or not entry.attempting:
+            return
+        entry.attempting = False
+        self._state(c.endpoint_id).in_flight -= 1
+        self._attempting -= 1
+        self.stats.in_flight = self._attempting
+        self._start_ready(c.endpoint_id)
+        if self._attempting < self.config.workers and self._queued:
+            # Other endpoints may have been waiting for a worker.
+            for endpoint_id, st in list(self._states.items()):
+                if st.ready and self._attempting < self.config.workers:
+                    self._start_ready(endpoint_id)
+        self._wake.set()
 
     async def _attempt(self, c: Claimed, ep: Endpoint) -> tuple[delivery.Response, str, int]:
         fmt = ep.formats[min(c.format_index, len(ep.formats) - 1)]

@@ -3,11 +3,12 @@ while a transaction runs is written by one call with a few bulk statements."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import sqlite3
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import aiosqlite
 import orjson
 
 from webhookd.ids import new_id
@@ -20,8 +21,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("webhookd.store")
 
 
-async def publish_merged(
-    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
+def publish_merged(
+    conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
 ) -> list[Any]:
     """All publishes queued in one batch: find existing ids, then two bulk inserts."""
     store = items[0][0]
@@ -33,13 +34,12 @@ async def publish_merged(
         for i in range(0, len(id_list), 500):
             chunk = id_list[i : i + 500]
             marks = ",".join("?" for _ in chunk)
-            async with conn.execute(
+            for r in conn.execute(
                 "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
                 f"FROM events WHERE id IN ({marks})",
                 chunk,
-            ) as cur:
-                for r in await cur.fetchall():
-                    existing[r[0]] = (Event(*r[:7]), r[7])
+            ):
+                existing[r[0]] = (Event(*r[:7]), r[7])
     event_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[tuple[Any, ...]] = []
     outputs: list[Any] = []
@@ -111,13 +111,13 @@ async def publish_merged(
         delivery_rows += staged_deliveries
         outputs.append(results)
     if event_rows:
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at) "
             "VALUES (?,?,?,?,?,?,?)",
             event_rows,
         )
     if delivery_rows:
-        await conn.executemany(
+        conn.executemany(
             "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
             "next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
             delivery_rows,
@@ -129,10 +129,9 @@ async def publish_merged(
                 if res.deliveries == -1:
                     eid = res.event.id
                     if eid not in existing_counts:
-                        async with conn.execute(
+                        row = conn.execute(
                             "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
-                        ) as cur:
-                            row = await cur.fetchone()
+                        ).fetchone()
                         existing_counts[eid] = int(row[0]) if row else 0
                     out[i] = PublishResult(
                         event=res.event, deliveries=existing_counts[eid], created=False
@@ -140,9 +139,7 @@ async def publish_merged(
     return outputs
 
 
-async def record_merged(
-    conn: aiosqlite.Connection, items: list[tuple[SQLiteStore, Outcome]]
-) -> list[Any]:
+def record_merged(conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Outcome]]) -> list[Any]:
     """All attempt outcomes queued in one batch, written with a few bulk statements."""
     store = items[0][0]
     now = now_ms()
@@ -169,23 +166,23 @@ async def record_merged(
         updates.append(
             (o.status, a.number, o.failures, o.format_index, o.next_attempt_at, now, o.delivery_id)
         )
-    await conn.executemany(
+    conn.executemany(
         "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
         "request_headers, status_code, response_headers, response_body, error_kind, "
         "error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
         attempts,
     )
     # Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state.
-    await conn.executemany(
+    conn.executemany(
         "UPDATE deliveries SET status=?, attempt_count=MAX(attempt_count, ?), failures=?, "
         "format_index=?, next_attempt_at=?, manual=0, resume_at=NULL, updated_at=? "
         "WHERE id=? AND status='delivering'",
         updates,
     )
-    await endpoint_health(conn, store, [o for _, o in items], now)
+    endpoint_health(conn, store, [o for _, o in items], now)
     # An outcome decided just before another attempt disabled the endpoint must not leave
     # a delivery pending on a disabled endpoint.
-    await conn.executemany(
+    conn.executemany(
         "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, updated_at=? "
         "WHERE id=? AND status='pending' AND endpoint_id IN "
         "(SELECT id FROM endpoints WHERE active=0)",
@@ -194,8 +191,15 @@ async def record_merged(
     return [None] * len(items)
 
 
-async def endpoint_health(
-    conn: aiosqlite.Connection, store: SQLiteStore, outcomes: list[Outcome], now: int
+def _refresh_later(store: SQLiteStore, endpoint_id: str, **changes: Any) -> None:
+    """The endpoint cache changes on the event loop, once the transaction has committed."""
+    store._writer().after_commit(
+        functools.partial(store.refresh_endpoint_health, endpoint_id, **changes)
+    )
+
+
+def endpoint_health(
+    conn: sqlite3.Connection, store: SQLiteStore, outcomes: list[Outcome], now: int
 ) -> None:
     latest: dict[str, Outcome] = {}
     disable: dict[str, str] = {}
@@ -205,21 +209,21 @@ async def endpoint_health(
             disable[o.endpoint_id] = o.disable_reason
     for endpoint_id, o in latest.items():
         if o.success:
-            await conn.execute(
+            conn.execute(
                 "UPDATE endpoints SET last_success_at=?, failing_since=NULL WHERE id=?",
                 (now, endpoint_id),
             )
-            store.refresh_endpoint_health(endpoint_id, last_success_at=now, failing_since=None)
+            _refresh_later(store, endpoint_id, last_success_at=now, failing_since=None)
         else:
-            await conn.execute(
+            conn.execute(
                 "UPDATE endpoints SET failing_since=COALESCE(failing_since, ?) WHERE id=?",
                 (o.attempt.started_at, endpoint_id),
             )
             ep = store.endpoints.get(endpoint_id)
             if ep is not None and ep.failing_since is None:
-                store.refresh_endpoint_health(endpoint_id, failing_since=o.attempt.started_at)
+                _refresh_later(store, endpoint_id, failing_since=o.attempt.started_at)
     for endpoint_id, reason in disable.items():
-        cur = await conn.execute(
+        cur = conn.execute(
             "UPDATE endpoints SET active=0, disabled_reason=?, updated_at=? "
             "WHERE id=? AND deleted_at IS NULL AND active=1",
             (reason, now, endpoint_id),
@@ -229,5 +233,5 @@ async def endpoint_health(
                 "endpoint disabled",
                 extra={"event": "endpoint_disabled", "endpoint_id": endpoint_id, "reason": reason},
             )
-        await store._skip_pending(conn, endpoint_id, now)
-        store.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)
+        store._skip_pending(conn, endpoint_id, now)
+        _refresh_later(store, endpoint_id, active=False, disabled_reason=reason)

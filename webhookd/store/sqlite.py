@@ -57,6 +57,15 @@ from webhookd.store.writer import Writer
 from webhookd.timefmt import now_ms
 
 BUSY_TIMEOUT_MS = 5000
+# WAL lets the API read while the writer writes; FULL fsyncs the WAL on every commit so an
+# accepted event survives power loss, not just a process crash.
+_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
+    "PRAGMA temp_store=MEMORY",
+)
 
 __all__ = [
     "BadCursor",
@@ -72,7 +81,6 @@ __all__ = [
 class SQLiteStore:
     def __init__(self, path: str) -> None:
         self.path = path
-        self._w: aiosqlite.Connection | None = None
         self._r: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.endpoints: dict[str, Endpoint] = {}
@@ -82,32 +90,34 @@ class SQLiteStore:
 
     async def open(self) -> None:
         _create_private(self.path)
+        writer = Writer(self._connect_writer)
         try:
-            self._w = await self._connect()
-            await self._migrate(self._w)
-            self._r = await self._connect()
-        except sqlite3.Error as exc:
+            await writer.start(setup=self._migrate)
+            self._r = await self._connect_reader()
+        except (sqlite3.Error, StorageError) as exc:
+            await writer.close()
             await self.close()
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
-        self.writer = Writer(self._w)
-        self.writer.start()
+        self.writer = writer
         await self._load_caches()
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        # WAL lets the API read while the writer writes; FULL fsyncs the WAL on every commit
-        # so an accepted event survives power loss, not just a process crash.
-        await conn.execute("PRAGMA journal_mode=WAL")
-        await conn.execute("PRAGMA synchronous=FULL")
-        await conn.execute("PRAGMA foreign_keys=ON")
-        await conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-        await conn.execute("PRAGMA temp_store=MEMORY")
+    def _connect_writer(self) -> sqlite3.Connection:
+        """The write connection, opened in (and used only by) the writer's thread."""
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        for pragma in _PRAGMAS:
+            conn.execute(pragma)
         _restrict_files(self.path)
         return conn
 
-    async def _migrate(self, conn: aiosqlite.Connection) -> None:
-        async with conn.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
+    async def _connect_reader(self) -> aiosqlite.Connection:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        for pragma in _PRAGMAS:
+            await conn.execute(pragma)
+        await conn.execute("PRAGMA query_only=ON")
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        row = conn.execute("PRAGMA user_version").fetchone()
         version = int(row[0]) if row else 0
         if version > len(MIGRATIONS):
             raise StorageError(
@@ -115,25 +125,24 @@ class SQLiteStore:
                 f"webhookd understands ({len(MIGRATIONS)}); upgrade webhookd"
             )
         for i in range(version, len(MIGRATIONS)):
-            await conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             try:
                 for statement in _split_sql(MIGRATIONS[i]):
-                    await conn.execute(statement)
-                await conn.execute(f"PRAGMA user_version={i + 1}")
-                await conn.commit()
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={i + 1}")
+                conn.execute("COMMIT")
             except BaseException:
-                await conn.rollback()
+                conn.execute("ROLLBACK")
                 raise
 
     async def close(self) -> None:
         if self.writer is not None:
             await self.writer.close()
             self.writer = None
-        for conn in (self._r, self._w):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await conn.close()
-        self._r = self._w = None
+        if self._r is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._r.close()
+        self._r = None
 
     @property
     def _read(self) -> aiosqlite.Connection:
@@ -172,9 +181,9 @@ class SQLiteStore:
         rows = [(n, d, "builtin", now) for n, d in BUILTIN_EVENT_TYPES.items()]
         rows += [(d.name, d.description, "config", now) for d in declared]
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            await conn.execute("UPDATE event_types SET source='api' WHERE source='config'")
-            await conn.executemany(
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE event_types SET source='api' WHERE source='config'")
+            conn.executemany(
                 "INSERT INTO event_types(name, description, source, created_at) "
                 "VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
                 "description=excluded.description, source=excluded.source",
@@ -190,9 +199,9 @@ class SQLiteStore:
     async def create_event_type(self, name: str, description: str) -> EventType:
         et = EventType(name=name, description=description, source="api", created_at=now_ms())
 
-        async def job(conn: aiosqlite.Connection) -> None:
+        def job(conn: sqlite3.Connection) -> None:
             try:
-                await conn.execute(
+                conn.execute(
                     "INSERT INTO event_types(name, description, source, created_at) "
                     "VALUES (?,?,?,?)",
                     (et.name, et.description, et.source, et.created_at),
@@ -213,8 +222,8 @@ class SQLiteStore:
         if et.source == "config":
             raise Conflict(f"{name} is declared in the config file; remove it there and reload")
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            await conn.execute("DELETE FROM event_types WHERE name=?", (name,))
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM event_types WHERE name=?", (name,))
 
         await self._writer().run(job)
         self.event_types.pop(name, None)
@@ -231,22 +240,19 @@ class SQLiteStore:
         names = ", ".join(cols)
         marks = ", ".join("?" for _ in cols)
 
-        async def job(conn: aiosqlite.Connection) -> Endpoint:
-            await conn.execute(
-                f"INSERT INTO endpoints({names}) VALUES ({marks})", tuple(cols.values())
-            )
-            return await self._fetch_endpoint(conn, cols["id"])
+        def job(conn: sqlite3.Connection) -> Endpoint:
+            conn.execute(f"INSERT INTO endpoints({names}) VALUES ({marks})", tuple(cols.values()))
+            return self._fetch_endpoint(conn, cols["id"])
 
         ep: Endpoint = await self._writer().run(job)
         self.endpoints[ep.id] = ep
         return ep
 
-    async def _fetch_endpoint(self, conn: aiosqlite.Connection, endpoint_id: str) -> Endpoint:
-        async with conn.execute(
+    def _fetch_endpoint(self, conn: sqlite3.Connection, endpoint_id: str) -> Endpoint:
+        row = conn.execute(
             f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE id=? AND deleted_at IS NULL",
             (endpoint_id,),
-        ) as cur:
-            row = await cur.fetchone()
+        ).fetchone()
         if row is None:
             raise NotFound(f"no endpoint with id {endpoint_id}")
         return endpoint_from_row(row)
@@ -276,23 +282,23 @@ class SQLiteStore:
         now = now_ms()
         cols["updated_at"] = now
 
-        async def job(conn: aiosqlite.Connection) -> Endpoint:
-            before = await self._fetch_endpoint(conn, endpoint_id)
+        def job(conn: sqlite3.Connection) -> Endpoint:
+            before = self._fetch_endpoint(conn, endpoint_id)
             sets = ", ".join(f"{k}=?" for k in cols)
-            await conn.execute(
+            conn.execute(
                 f"UPDATE endpoints SET {sets} WHERE id=? AND deleted_at IS NULL",
                 (*cols.values(), endpoint_id),
             )
             if before.active and cols.get("active") == 0:
-                await self._skip_pending(conn, endpoint_id, now)
-            return await self._fetch_endpoint(conn, endpoint_id)
+                self._skip_pending(conn, endpoint_id, now)
+            return self._fetch_endpoint(conn, endpoint_id)
 
         ep: Endpoint = await self._writer().run(job)
         self.endpoints[ep.id] = ep
         return ep
 
-    async def _skip_pending(self, conn: aiosqlite.Connection, endpoint_id: str, now: int) -> None:
-        await conn.execute(
+    def _skip_pending(self, conn: sqlite3.Connection, endpoint_id: str, now: int) -> None:
+        conn.execute(
             "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, manual=0, "
             "updated_at=? WHERE endpoint_id=? AND status='pending'",
             (now, endpoint_id),
@@ -301,15 +307,15 @@ class SQLiteStore:
     async def delete_endpoint(self, endpoint_id: str) -> None:
         now = now_ms()
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            cur = await conn.execute(
+        def job(conn: sqlite3.Connection) -> None:
+            cur = conn.execute(
                 "UPDATE endpoints SET deleted_at=?, active=0, updated_at=? "
                 "WHERE id=? AND deleted_at IS NULL",
                 (now, now, endpoint_id),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no endpoint with id {endpoint_id}")
-            await conn.execute(
+            conn.execute(
                 "UPDATE deliveries SET status='cancelled', next_attempt_at=NULL, manual=0, "
                 "updated_at=? WHERE endpoint_id=? AND status IN ('pending','delivering')",
                 (now, endpoint_id),
@@ -321,8 +327,8 @@ class SQLiteStore:
     async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
         now = now_ms()
 
-        async def job(conn: aiosqlite.Connection) -> Endpoint:
-            ep = await self._fetch_endpoint(conn, endpoint_id)
+        def job(conn: sqlite3.Connection) -> Endpoint:
+            ep = self._fetch_endpoint(conn, endpoint_id)
             keep = [
                 {"secret": p.secret, "expires_at": p.expires_at}
                 for p in ep.previous_secrets
@@ -330,11 +336,11 @@ class SQLiteStore:
             ]
             if grace_s > 0:
                 keep.insert(0, {"secret": ep.secret, "expires_at": now + int(grace_s * 1000)})
-            await conn.execute(
+            conn.execute(
                 "UPDATE endpoints SET secret=?, previous_secrets=?, updated_at=? WHERE id=?",
                 (new_secret, orjson.dumps(keep).decode(), now, endpoint_id),
             )
-            return await self._fetch_endpoint(conn, endpoint_id)
+            return self._fetch_endpoint(conn, endpoint_id)
 
         ep: Endpoint = await self._writer().run(job)
         self.endpoints[ep.id] = ep
@@ -345,8 +351,8 @@ class SQLiteStore:
         due now, with a fresh retry schedule."""
         now = now_ms()
 
-        async def job(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "UPDATE deliveries SET status='pending', next_attempt_at=?, failures=0, "
                 "format_index=0, manual=0, resume_at=NULL, updated_at=? "
                 "WHERE endpoint_id=? AND status IN ('failed','skipped') AND created_at>=? "
@@ -380,8 +386,8 @@ class SQLiteStore:
         """Delete up to `limit` events created before `cutoff` that have no pending or
         in-flight delivery, with their deliveries and attempts; returns how many."""
 
-        async def job(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e "
                 "WHERE e.created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d "
                 "WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering')) "
@@ -433,7 +439,8 @@ class SQLiteStore:
             return [ep] if ep else []
         return [
             ep
-            for ep in self.endpoints.values()
+            # A snapshot: this runs in the database thread while the loop may add endpoints.
+            for ep in list(self.endpoints.values())
             if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
         ]
 
@@ -549,11 +556,10 @@ class SQLiteStore:
         """Make a delivery due now for one manual attempt, whatever its state."""
         now = now_ms()
 
-        async def job(conn: aiosqlite.Connection) -> Delivery:
-            async with conn.execute(
+        def job(conn: sqlite3.Connection) -> Delivery:
+            row = conn.execute(
                 "SELECT status, endpoint_id FROM deliveries WHERE id=?", (delivery_id,)
-            ) as cur:
-                row = await cur.fetchone()
+            ).fetchone()
             if row is None:
                 raise NotFound(f"no delivery with id {delivery_id}")
             status, endpoint_id = row
@@ -567,16 +573,15 @@ class SQLiteStore:
                 )
             if status == "delivering":
                 raise Conflict("an attempt of this delivery is in progress; try again shortly")
-            await conn.execute(
+            conn.execute(
                 "UPDATE deliveries SET manual=1, "
                 "resume_at=CASE WHEN status='pending' THEN next_attempt_at END, "
                 "status='pending', next_attempt_at=?, updated_at=? WHERE id=?",
                 (now, now, delivery_id),
             )
-            async with conn.execute(
+            updated = conn.execute(
                 f"SELECT {DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
-            ) as cur:
-                updated = await cur.fetchone()
+            ).fetchone()
             assert updated is not None
             return delivery_from_row(updated)
 
@@ -589,8 +594,8 @@ class SQLiteStore:
         """Deliveries left `delivering` by a crash become due again at once."""
         now = now_ms()
 
-        async def job(conn: aiosqlite.Connection) -> int:
-            cur = await conn.execute(
+        def job(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
                 "UPDATE deliveries SET status='pending', next_attempt_at=?, updated_at=? "
                 "WHERE status='delivering'",
                 (now, now),
@@ -600,19 +605,28 @@ class SQLiteStore:
         count: int = await self._writer().run(job)
         return count
 
-    async def release(self, delivery_ids: Sequence[str]) -> None:
-        """Give claimed deliveries back unattempted (shutdown)."""
+    async def release(self, delivery_ids: Sequence[str], status: str = "pending") -> None:
+        """Give claimed deliveries back unattempted: `pending` (shutdown), due at once,
+        or `skipped` (their endpoint was disabled meanwhile)."""
         if not delivery_ids:
             return
+        assert status in ("pending", "skipped")
         now = now_ms()
 
-        async def job(conn: aiosqlite.Connection) -> None:
-            await conn.executemany(
-                "UPDATE deliveries SET status='pending', next_attempt_at=MIN("
-                "COALESCE(next_attempt_at, ?), ?), updated_at=? "
-                "WHERE id=? AND status='delivering'",
-                [(now, now, now, d) for d in delivery_ids],
-            )
+        def job(conn: sqlite3.Connection) -> None:
+            if status == "pending":
+                conn.executemany(
+                    "UPDATE deliveries SET status='pending', next_attempt_at=MIN("
+                    "COALESCE(next_attempt_at, ?), ?), updated_at=? "
+                    "WHERE id=? AND status='delivering'",
+                    [(now, now, now, d) for d in delivery_ids],
+                )
+            else:
+                conn.executemany(
+                    "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, manual=0, "
+                    "updated_at=? WHERE id=? AND status='delivering'",
+                    [(now, d) for d in delivery_ids],
+                )
 
         await self._writer().run(job)
 
@@ -640,8 +654,8 @@ class SQLiteStore:
         )
         return result
 
-    async def _claim_job(
-        self, conn: aiosqlite.Connection, wants: Mapping[str, int], now: int
+    def _claim_job(
+        self, conn: sqlite3.Connection, wants: Mapping[str, int], now: int
     ) -> tuple[list[Claimed], dict[str, int | None]]:
         parts: list[str] = []
         args: list[Any] = []
@@ -670,9 +684,8 @@ class SQLiteStore:
                 + ") RETURNING id, endpoint_id, event_id, attempt_count, failures, "
                 "format_index, manual, resume_at"
             )
-            async with conn.execute(sql, (now, *args)) as cur:
-                rows = list(await cur.fetchall())
-            events = await self._events_by_id(conn, {r[2] for r in rows})
+            rows = list(conn.execute(sql, (now, *args)).fetchall())
+            events = self._events_by_id(conn, {r[2] for r in rows})
             for r in rows:
                 counts[r[1]] += 1
                 claimed.append(
@@ -703,24 +716,22 @@ class SQLiteStore:
                     "SELECT MIN(next_attempt_at) FROM deliveries WHERE endpoint_id=? AND "
                     "status='pending'"
                 )
-            async with conn.execute(sql, (endpoint_id,)) as cur:
-                row = await cur.fetchone()
+            row = conn.execute(sql, (endpoint_id,)).fetchone()
             next_due[endpoint_id] = row[0] if row else None
         return claimed, next_due
 
-    async def _events_by_id(self, conn: aiosqlite.Connection, ids: set[str]) -> dict[str, Event]:
+    def _events_by_id(self, conn: sqlite3.Connection, ids: set[str]) -> dict[str, Event]:
         out: dict[str, Event] = {}
         id_list = list(ids)
         for i in range(0, len(id_list), 500):
             chunk = id_list[i : i + 500]
             marks = ",".join("?" for _ in chunk)
-            async with conn.execute(
+            for r in conn.execute(
                 "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events "
                 f"WHERE id IN ({marks})",
                 chunk,
-            ) as cur:
-                for r in await cur.fetchall():
-                    out[r[0]] = Event(*r)
+            ):
+                out[r[0]] = Event(*r)
         return out
 
     async def record(self, outcome: Outcome) -> None:

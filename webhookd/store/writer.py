@@ -1,9 +1,17 @@
-"""Group commit: every write goes through one connection and one task, and everything
-queued while a transaction runs shares the next one, so the fsync is paid per batch.
+"""Group commit: every write goes through one connection, owned by one thread, and
+everything queued while a transaction runs shares the next one, so the fsync is paid per
+batch and not per publish or per attempt.
+
+A batch crosses to the database thread once: the jobs are plain functions of a sqlite3
+connection, run back to back in that thread inside one transaction. (Going back and forth
+to the event loop for every statement would make a batch wait for the loop once per
+statement, which is what limits throughput when the loop is busy delivering.)
 
 Jobs of one kind that can be merged (publishes, attempt outcomes) run as one call over the
 whole batch; other jobs run one by one, each inside a SAVEPOINT so that one failing job
-rolls back only itself.
+rolls back only itself. A job may ask for a callback to run on the event loop once its
+transaction has committed (`after_commit`), for in-memory caches that must only change
+when the database has.
 """
 
 from __future__ import annotations
@@ -12,18 +20,18 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
-
-import aiosqlite
 
 from webhookd.store.models import StorageError
 
 log = logging.getLogger("webhookd.store")
 
-JobFn = Callable[[aiosqlite.Connection], Awaitable[Any]]
-MergedFn = Callable[[aiosqlite.Connection, list[Any]], Awaitable[list[Any]]]
+JobFn = Callable[[sqlite3.Connection], Any]
+MergedFn = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 MAX_BATCH = 1024
 
 
@@ -38,23 +46,46 @@ class _Job:
 
 
 class Writer:
-    def __init__(self, conn: aiosqlite.Connection) -> None:
-        self._conn = conn
+    def __init__(self, connect: Callable[[], sqlite3.Connection]) -> None:
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhookd-db")
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
+        self._after: list[Callable[[], None]] = []
+        self._thread: threading.Thread | None = None
         self.healthy = True
         self.commits = 0
+        self.batched = 0
 
-    def start(self) -> None:
+    async def start(self, setup: Callable[[sqlite3.Connection], None] | None = None) -> None:
+        """Open the connection in the database thread, run `setup` (migrations) there."""
+
+        def open_conn() -> None:
+            self._conn = self._connect()
+            self._thread = threading.current_thread()
+            if setup is not None:
+                setup(self._conn)
+
+        await asyncio.get_running_loop().run_in_executor(self._executor, open_conn)
         self._task = asyncio.create_task(self._run(), name="webhookd-store-writer")
 
     async def close(self) -> None:
-        """Finish every queued job, then stop."""
-        if self._task is None:
-            return
-        await self._queue.put(None)
-        await self._task
-        self._task = None
+        """Finish every queued job, then close the connection and the thread."""
+        if self._task is not None:
+            await self._queue.put(None)
+            await self._task
+            self._task = None
+
+        def close_conn() -> None:
+            if self._conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._conn = None
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, close_conn)
+        self._executor.shutdown(wait=True)
 
     async def run(self, fn: JobFn) -> Any:
         return await self._submit(_Job(fn=fn))
@@ -63,6 +94,10 @@ class Writer:
         """Run `merge(conn, items)` once for every item of this kind queued in the batch;
         it returns one result (or exception instance) per item, in order."""
         return await self._submit(_Job(fn=None, item=item, merge=merge))
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """From inside a job: run `callback` on the event loop once this batch commits."""
+        self._after.append(callback)
 
     async def _submit(self, job: _Job) -> Any:
         if self._task is None:
@@ -73,11 +108,15 @@ class Writer:
         return await asyncio.shield(job.future)
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
             first = await self._queue.get()
             if first is None:
                 break
+            # One turn of the event loop lets every task that is ready to write (a burst
+            # of publishes, a wave of finished attempts) join this transaction.
+            await asyncio.sleep(0)
             batch = [first]
             while len(batch) < MAX_BATCH and not self._queue.empty():
                 nxt = self._queue.get_nowait()
@@ -85,19 +124,44 @@ class Writer:
                     stopping = True
                     break
                 batch.append(nxt)
-            await self._commit_batch(batch)
+            self.batched += len(batch)
+            results, after = await loop.run_in_executor(self._executor, self._commit, batch)
+            for callback in after:
+                try:
+                    callback()
+                except Exception:
+                    log.exception("after-commit callback failed")
+            for job, value, err in results:
+                if job.future.done():
+                    continue
+                if err is not None:
+                    job.future.set_exception(err)
+                else:
+                    job.future.set_result(value)
 
-    async def _commit_batch(self, batch: list[_Job]) -> None:
-        results: list[tuple[_Job, Any, BaseException | None]] = []
+    def _commit(
+        self, batch: list[_Job]
+    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[Callable[[], None]]]:
+        """Runs in the database thread: the whole batch as one transaction."""
         conn = self._conn
+        assert conn is not None
+        self._after = []
+        results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
-            await conn.execute("BEGIN IMMEDIATE")
+            conn.execute("BEGIN IMMEDIATE")
             merged: dict[MergedFn, list[_Job]] = {}
             for job in batch:
                 if job.merge is not None:
                     merged.setdefault(job.merge, []).append(job)
             for merge, jobs in merged.items():
-                outs = await self._guarded(merge, [j.item for j in jobs])
+                items = [j.item for j in jobs]
+
+                def run_merged(
+                    c: sqlite3.Connection, m: MergedFn = merge, i: list[Any] = items
+                ) -> Any:
+                    return m(c, i)
+
+                outs = self._guarded(conn, run_merged)
                 if isinstance(outs, BaseException):
                     results.extend((j, None, outs) for j in jobs)
                 else:
@@ -106,41 +170,36 @@ class Writer:
                         results.append((j, None if err else out, err))
             for job in batch:
                 if job.fn is not None:
-                    fn = job.fn
-                    out = await self._guarded(lambda c, _items, fn=fn: fn(c), [])
+                    out = self._guarded(conn, job.fn)
                     err = out if isinstance(out, BaseException) else None
                     results.append((job, None if err else out, err))
-            await conn.commit()
+            conn.execute("COMMIT")
             self.commits += 1
             self.healthy = True
+            return results, self._after
         except (sqlite3.Error, ValueError, OSError) as exc:
-            # The transaction as a whole failed (disk full, I/O error): every job fails.
+            # The transaction as a whole failed (disk full, I/O error, locked): every job
+            # fails and nothing of it happened.
             self.healthy = False
             log.error(
                 "store write failed", extra={"event": "store_write_failed", "error": str(exc)}
             )
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await conn.rollback()
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
             failure = StorageError(f"storage cannot write: {exc}")
-            results = [(job, None, failure) for job in batch]
-        for job, value, err in results:
-            if job.future.done():
-                continue
-            if err is not None:
-                job.future.set_exception(err)
-            else:
-                job.future.set_result(value)
+            return [(job, None, failure) for job in batch], []
 
-    async def _guarded(self, fn: Any, items: list[Any]) -> Any:
-        conn = self._conn
-        await conn.execute("SAVEPOINT job")
+    def _guarded(self, conn: sqlite3.Connection, fn: JobFn) -> Any:
+        mark = len(self._after)
+        conn.execute("SAVEPOINT job")
         try:
-            out = await fn(conn, items)
+            out = fn(conn)
         except sqlite3.OperationalError:
             raise  # disk or lock trouble: fail the whole batch
         except Exception as exc:
-            await conn.execute("ROLLBACK TO job")
-            await conn.execute("RELEASE job")
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
+            del self._after[mark:]
             return exc
-        await conn.execute("RELEASE job")
+        conn.execute("RELEASE job")
         return out
