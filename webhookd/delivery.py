@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import ssl
 import time
 from collections.abc import Mapping
@@ -51,15 +52,26 @@ class Response:
         return None
 
 
-def sent_headers(url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
-    """The full header set as it goes on the wire (what the delivery log shows)."""
+@functools.lru_cache(maxsize=4096)
+def host_header(url: str) -> str:
+    """The Host header aiohttp sends for this URL (parsed once per URL, not per request)."""
     u = URL(url)
     host = u.raw_host or ""
     if ":" in host:
         host = f"[{host}]"
     if u.explicit_port is not None and not u.is_default_port():
         host = f"{host}:{u.port}"
-    out = {"Host": host}
+    return host
+
+
+@functools.lru_cache(maxsize=64)
+def _timeout(total_s: float) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(total=total_s)
+
+
+def sent_headers(url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
+    """The full header set as it goes on the wire (what the delivery log shows)."""
+    out = {"Host": host_header(url)}
     out.update(headers)
     out["Content-Length"] = str(len(body))
     return out
@@ -103,7 +115,7 @@ async def send(
             data=body,
             headers=dict(headers),
             allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=timeout_s),
+            timeout=_timeout(timeout_s),
             skip_auto_headers=("Accept", "Accept-Encoding"),
         ) as resp:
             status = resp.status

@@ -478,20 +478,21 @@ class Dispatcher:
         if not o.success:
             self.stats.failed_attempts += 1
         a = o.attempt
-        # One line per attempt, at debug level only.
-        log.debug(
-            "attempt",
-            extra={
-                "event": "attempt",
-                "delivery_id": o.delivery_id,
-                "endpoint_id": o.endpoint_id,
-                "number": a.number,
-                "status_code": a.status_code,
-                "error_kind": a.error_kind,
-                "duration_ms": a.duration_ms,
-                "next_status": o.status,
-            },
-        )
+        # One line per attempt, at debug level only (and not even built otherwise).
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "attempt",
+                extra={
+                    "event": "attempt",
+                    "delivery_id": o.delivery_id,
+                    "endpoint_id": o.endpoint_id,
+                    "number": a.number,
+                    "status_code": a.status_code,
+                    "error_kind": a.error_kind,
+                    "duration_ms": a.duration_ms,
+                    "next_status": o.status,
+                },
+            )
         if o.status == "failed":
             log.info(
                 "delivery failed",
