@@ -304,3 +304,42 @@ async def test_event_types_paginate(daemon: Daemon) -> None:
     assert names == sorted(names) and len(names) == len(set(names))
     assert {f"page.t{i}" for i in range(7)} <= set(names)
     assert_error(await daemon.get("/v1/event-types?cursor=nope"), 422, "validation_error")
+
+
+async def test_idempotency_holds_for_batches_and_across_a_restart(
+    make_daemon: Any, receiver: Receiver
+) -> None:
+    d: Daemon = await make_daemon()
+    await d.endpoint(receiver.url)
+    batch = {
+        "events": [
+            {"type": "call.completed", "payload": {"n": i}, "id": f"batch-{i}"} for i in range(3)
+        ]
+    }
+    first = await d.post("/v1/events/batch", batch)
+    assert first.status == 202
+    again = await d.post("/v1/events/batch", batch)
+    assert again.status == 200
+    assert again.json == first.json
+    # Mixed: two known ids and one new one; the new one is created.
+    mixed = {
+        "events": [*batch["events"][:2], {"type": "call.completed", "payload": {}, "id": "batch-9"}]
+    }
+    r = await d.post("/v1/events/batch", mixed)
+    assert r.status == 202
+    assert [x["id"] for x in r.json["data"]] == ["batch-0", "batch-1", "batch-9"]
+    changed = {"events": [{"type": "call.completed", "payload": {"n": 99}, "id": "batch-0"}]}
+    assert_error(await d.post("/v1/events/batch", changed), 409, "conflict")
+    single = {"type": "call.completed", "payload": {"x": 1}, "id": "single-1"}
+    assert (await d.post("/v1/events", single)).status == 202
+    await receiver.wait_for(5)
+    # A restart on the same database file keeps the ids.
+    assert await d.stop() == 0
+    await d.start()
+    r = await d.post("/v1/events", single)
+    assert r.status == 200 and r.json["id"] == "single-1"
+    assert_error(await d.post("/v1/events", {**single, "payload": {"x": 2}}), 409, "conflict")
+    assert (await d.post("/v1/events/batch", batch)).status == 200
+    r = await d.get("/v1/events?limit=250")
+    assert len(r.json["data"]) == 5
+    assert len(receiver.received) == 5
