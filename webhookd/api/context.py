@@ -43,3 +43,17 @@ def scope(request: web.Request) -> Any:
     if key is None or key.tenant is None:
         return ANY_TENANT
     return key.tenant
+
+
+def tenant_filter(request: web.Request, params: dict[str, str]) -> Any:
+    """The `tenant` a list is filtered by: the query's, narrowed to the key's own tenant
+    for a scoped key (asking for another tenant is a 403)."""
+    from webhookd.api.errors import ApiError
+
+    tenant: Any = params.get("tenant", ANY_TENANT)
+    limited = scope(request)
+    if limited is ANY_TENANT:
+        return tenant
+    if tenant is not ANY_TENANT and tenant != limited:
+        raise ApiError(403, f"this API key may only use tenant {limited!r}")
+    return limited

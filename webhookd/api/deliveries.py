@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from aiohttp import web
 
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state
-from webhookd.api.errors import ApiError, json_response
+from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
+from webhookd.api.errors import json_response
 from webhookd.api.validate import Problems, page_json, paging, query, query_time
 from webhookd.store.models import DELIVERY_STATES, NotFound
 
@@ -26,12 +24,7 @@ async def list_(request: web.Request) -> web.Response:
     if status is not None and status not in DELIVERY_STATES:
         problems.add(("query", "status"), f"expected one of {', '.join(DELIVERY_STATES)}")
     problems.raise_if_any()
-    tenant: Any = params.get("tenant", ANY_TENANT)
-    limited = scope(request)
-    if limited is not ANY_TENANT:
-        if tenant is not ANY_TENANT and tenant != limited:
-            raise ApiError(403, f"this API key may only use tenant {limited!r}")
-        tenant = limited
+    tenant = tenant_filter(request, params)
     page = await state(request).store.list_deliveries(
         endpoint_id=params.get("endpoint_id"),
         event_id=params.get("event_id"),

@@ -9,7 +9,7 @@ from yarl import URL
 
 from webhookd import jsonio, signing
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state
+from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response
 from webhookd.api.validate import (
     HEADER_NAME_RE,
@@ -386,12 +386,7 @@ async def list_(request: web.Request) -> web.Response:
     cursor, limit = paging(params, problems)
     active = query_bool(params, "active", problems)
     problems.raise_if_any()
-    tenant: Any = params.get("tenant", ANY_TENANT)
-    limited = scope(request)
-    if limited is not ANY_TENANT:
-        if tenant is not ANY_TENANT and tenant != limited:
-            raise ApiError(403, f"this API key may only use tenant {limited!r}")
-        tenant = limited
+    tenant = tenant_filter(request, params)
     st = state(request)
     page = await st.store.list_endpoints(tenant=tenant, active=active, cursor=cursor, limit=limit)
     return json_response(

@@ -9,7 +9,7 @@ from aiohttp import web
 
 from webhookd import jsonio
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state
+from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
     Problems,
@@ -212,12 +212,7 @@ async def list_(request: web.Request) -> web.Response:
     since = query_time(params, "since", problems)
     until = query_time(params, "until", problems)
     problems.raise_if_any()
-    tenant: Any = params.get("tenant", ANY_TENANT)
-    limited = scope(request)
-    if limited is not ANY_TENANT:
-        if tenant is not ANY_TENANT and tenant != limited:
-            raise ApiError(403, f"this API key may only use tenant {limited!r}")
-        tenant = limited
+    tenant = tenant_filter(request, params)
     page = await state(request).store.list_events(
         event_type=params.get("type"),
         tenant=tenant,
