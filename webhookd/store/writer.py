@@ -23,7 +23,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from webhookd.store.models import StorageError
@@ -38,11 +38,9 @@ MAX_BATCH = 1024
 @dataclass
 class _Job:
     fn: JobFn | None
+    future: asyncio.Future[Any]
     item: Any = None
     merge: MergedFn | None = None
-    future: asyncio.Future[Any] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
 
 
 class Writer:
@@ -54,6 +52,7 @@ class Writer:
         self._task: asyncio.Task[None] | None = None
         self._after: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self.healthy = True
         self.commits = 0
         self.batched = 0
@@ -88,12 +87,21 @@ class Writer:
         self._executor.shutdown(wait=True)
 
     async def run(self, fn: JobFn) -> Any:
-        return await self._submit(_Job(fn=fn))
+        return await self._submit(_Job(fn=fn, future=self._loop().create_future()))
+
+    def _loop(self) -> asyncio.AbstractEventLoop:
+        # Kept from start(): asking asyncio for the running loop on every job costs a
+        # getpid() system call on Python 3.11.
+        if self._event_loop is None:
+            self._event_loop = asyncio.get_running_loop()
+        return self._event_loop
 
     async def run_merged(self, merge: MergedFn, item: Any) -> Any:
         """Run `merge(conn, items)` once for every item of this kind queued in the batch;
         it returns one result (or exception instance) per item, in order."""
-        return await self._submit(_Job(fn=None, item=item, merge=merge))
+        return await self._submit(
+            _Job(fn=None, future=self._loop().create_future(), item=item, merge=merge)
+        )
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         """From inside a job: run `callback` on the event loop once this batch commits."""
