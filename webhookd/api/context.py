@@ -57,3 +57,9 @@ def tenant_filter(request: web.Request, params: dict[str, str]) -> Any:
     if tenant is not ANY_TENANT and tenant != limited:
         raise ApiError(403, f"this API key may only use tenant {limited!r}")
     return limited
+
+
+def visible_to(request: web.Request, tenant: str | None) -> bool:
+    """Whether the caller may see an object of this tenant (others answer 404)."""
+    limited = scope(request)
+    return limited is ANY_TENANT or tenant == limited

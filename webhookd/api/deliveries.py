@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
+from webhookd.api.context import state, tenant_filter, visible_to
 from webhookd.api.errors import json_response
 from webhookd.api.validate import Problems, page_json, paging, query, query_time
 from webhookd.store.models import DELIVERY_STATES, NotFound
@@ -42,8 +42,7 @@ async def list_(request: web.Request) -> web.Response:
 async def get(request: web.Request) -> web.Response:
     delivery_id = request.match_info["delivery_id"]
     d, attempts = await state(request).store.get_delivery(delivery_id)
-    limited = scope(request)
-    if limited is not ANY_TENANT and d.tenant != limited:
+    if not visible_to(request, d.tenant):
         raise NotFound(f"no delivery with id {delivery_id}")
     return json_response(serialize.delivery(d, attempts))
 
@@ -52,8 +51,7 @@ async def retry(request: web.Request) -> web.Response:
     delivery_id = request.match_info["delivery_id"]
     st = state(request)
     d, _ = await st.store.get_delivery(delivery_id)
-    limited = scope(request)
-    if limited is not ANY_TENANT and d.tenant != limited:
+    if not visible_to(request, d.tenant):
         raise NotFound(f"no delivery with id {delivery_id}")
     updated = await st.store.retry_delivery(delivery_id)
     if st.dispatcher is not None and updated.next_attempt_at is not None:

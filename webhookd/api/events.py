@@ -9,7 +9,7 @@ from aiohttp import web
 
 from webhookd import jsonio
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
+from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter, visible_to
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
     Problems,
@@ -192,15 +192,10 @@ async def publish_batch(request: web.Request) -> web.Response:
     return json_response({"data": [serialize.publish_result(r) for r in results]}, status)
 
 
-def _visible_tenant(request: web.Request, tenant: str | None) -> bool:
-    limited = scope(request)
-    return limited is ANY_TENANT or tenant == limited
-
-
 async def get(request: web.Request) -> web.Response:
     event_id = request.match_info["event_id"]
     ev, deliveries = await state(request).store.get_event(event_id)
-    if not _visible_tenant(request, ev.tenant):
+    if not visible_to(request, ev.tenant):
         raise NotFound(f"no event with id {event_id}")
     return json_response(serialize.event(ev, deliveries))
 

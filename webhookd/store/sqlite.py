@@ -406,20 +406,10 @@ class SQLiteStore:
         ) as cur:
             row = await cur.fetchone()
         pending = int(row[0]) if row else 0
-        oldest: int | None = None
         # Per endpoint through the claim index: O(endpoints), not O(backlog).
-        for endpoint_id, ep in list(self.endpoints.items()):
-            if not ep.active:
-                continue
-            async with self._read.execute(
-                "SELECT MIN(next_attempt_at) FROM deliveries "
-                "WHERE endpoint_id=? AND status='pending'",
-                (endpoint_id,),
-            ) as cur:
-                row = await cur.fetchone()
-            due = row[0] if row else None
-            if due is not None and due <= now and (oldest is None or due < oldest):
-                oldest = due
+        active = [e.id for e in list(self.endpoints.values()) if e.active]
+        due = [d for d in (await self.next_due(active)).values() if d is not None and d <= now]
+        oldest = min(due) if due else None
         return pending, (now - oldest) if oldest is not None else None
 
     # --- publishing -----------------------------------------------------------------
