@@ -1,5 +1,5 @@
 """The outbound address policy: the range table, numeric host spellings, and real
-connections through aiohttp against a loopback server.
+connections through the delivery client against a loopback server.
 
 Addresses outside loopback appear here only as values to classify or as fake resolver
 answers; nothing in this file ever connects to them.
@@ -14,7 +14,6 @@ import socket
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -22,19 +21,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from yarl import URL
 
+from webhookd import http1
 from webhookd.netguard import (
     AddressPolicy,
     BlockedAddress,
-    GuardedConnector,
     GuardedResolver,
     classify,
-    find_blocked,
-    make_connector,
     parse_host_address,
 )
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 
 def ip(text: str) -> IPAddress:
@@ -253,28 +249,6 @@ def test_blocked_address_survives_pickling() -> None:
     # Round-trips bytes this test made itself.
     exc = pickle.loads(pickle.dumps(BlockedAddress("h", "10.0.0.1", "private")))  # noqa: S301
     assert (exc.host, exc.address, exc.category) == ("h", "10.0.0.1", "private")
-
-
-def test_find_blocked_walks_os_error_cause_and_context() -> None:
-    blocked = BlockedAddress("h", "10.0.0.1", "private")
-    assert find_blocked(blocked) is blocked
-
-    via_cause = RuntimeError("outer")
-    via_cause.__cause__ = ValueError("middle")
-    via_cause.__cause__.__context__ = blocked
-    assert find_blocked(via_cause) is blocked
-
-    key = aiohttp.client_reqrep.ConnectionKey("h", 80, False, True, None, None, None)
-    via_os_error = aiohttp.ClientConnectorError(key, blocked)
-    assert find_blocked(via_os_error) is blocked
-
-
-def test_find_blocked_returns_none_for_other_errors_and_survives_cycles() -> None:
-    first, second = ValueError("a"), ValueError("b")
-    first.__context__ = second
-    second.__context__ = first
-    assert find_blocked(first) is None
-    assert find_blocked(ConnectionRefusedError(111, "refused")) is None
 
 
 # --- parse_host_address ---------------------------------------------------------------
@@ -521,6 +495,8 @@ async def test_resolver_answers_numeric_hosts_itself(host: str) -> None:
 class LoopbackServer:
     port: int
     hits: list[str]
+    peers: set[str] = field(default_factory=set)
+    keep_alive: bool = False
 
     def url(self, host: str) -> str:
         return f"http://{host}:{self.port}/"
@@ -528,24 +504,26 @@ class LoopbackServer:
 
 @pytest.fixture
 async def server() -> AsyncIterator[LoopbackServer]:
-    hits: list[str] = []
+    state = LoopbackServer(0, [])
 
     async def handle(request: web.Request) -> web.Response:
-        hits.append(request.host)
+        state.hits.append(request.host)
+        state.peers.add(str(request.transport.get_extra_info("peername")))
         response = web.Response(text="ok")
-        # One connection per request, so every request goes through connect again.
-        response.force_close()
+        if not state.keep_alive:
+            # One connection per request, so every request goes through connect again.
+            response.force_close()
         return response
 
     app = web.Application()
-    app.router.add_get("/", handle)
+    app.router.add_post("/", handle)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = runner.addresses[0][1]
+    state.port = runner.addresses[0][1]
     try:
-        yield LoopbackServer(port, hits)
+        yield state
     finally:
         await runner.cleanup()
 
@@ -566,28 +544,29 @@ async def mapped_loopback_works(port: int) -> bool:
 LOOPBACK_HOSTS = ["127.0.0.1", "localhost", "2130706433", "0x7f.1", "127.1", "[::ffff:127.0.0.1]"]
 
 
-async def get(connector: aiohttp.BaseConnector, url: str) -> str:
-    async with (
-        aiohttp.ClientSession(connector=connector, timeout=TIMEOUT) as session,
-        session.get(url) as response,
-    ):
-        assert response.status == 200
-        return await response.text()
+async def post(client: http1.Client, url: str) -> str:
+    head = http1.header_block({"Host": http1.target(url).host_header, "Content-Length": "0"})
+    answer = await client.post(url, head, b"", timeout_s=10, keep=100, discard=1 << 20)
+    assert answer.status == 200
+    return answer.body.decode()
+
+
+def guarded(allow: list[str], inner: AbstractResolver | None = None) -> http1.Client:
+    return http1.Client(GuardedResolver(AddressPolicy(allow), inner))
 
 
 @pytest.mark.parametrize("host", LOOPBACK_HOSTS)
-async def test_guarded_connector_refuses_loopback(server: LoopbackServer, host: str) -> None:
-    with pytest.raises(aiohttp.ClientConnectorError) as info:
-        await get(make_connector(AddressPolicy([]), limit=4), server.url(host))
-
-    # aiohttp keeps the cause both as os_error and as the chained __cause__.
-    blocked = info.value.os_error
-    assert isinstance(blocked, BlockedAddress)
-    assert info.value.__cause__ is blocked
-    assert find_blocked(info.value) is blocked
-    assert "loopback" in blocked.category
-    assert blocked.host == URL(server.url(host)).raw_host
-    assert "security.allow_networks" in str(info.value)
+async def test_client_refuses_loopback(server: LoopbackServer, host: str) -> None:
+    client = guarded([])
+    try:
+        with pytest.raises(http1.Failure) as info:
+            await post(client, server.url(host))
+    finally:
+        await client.close()
+    assert info.value.kind == "blocked_address"
+    assert "loopback" in info.value.message
+    assert repr(URL(server.url(host)).raw_host) in info.value.message
+    assert "security.allow_networks" in info.value.message
     assert server.hits == []
 
 
@@ -595,43 +574,38 @@ async def test_guarded_connector_refuses_loopback(server: LoopbackServer, host: 
 async def test_allowed_network_reaches_loopback(server: LoopbackServer, host: str) -> None:
     if "::ffff:" in host and not await mapped_loopback_works(server.port):
         pytest.skip("this host does not route IPv4-mapped addresses to IPv4 listeners")
-    connector = make_connector(AddressPolicy(["127.0.0.0/8"]), limit=4)
-    assert await get(connector, server.url(host)) == "ok"
+    client = guarded(["127.0.0.0/8"])
+    try:
+        assert await post(client, server.url(host)) == "ok"
+    finally:
+        await client.close()
     assert len(server.hits) == 1
 
 
-async def test_policy_reload_applies_to_cached_names(server: LoopbackServer) -> None:
-    connector = make_connector(AddressPolicy(["127.0.0.0/8"]), limit=4)
-    assert isinstance(connector, GuardedConnector)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=TIMEOUT
-    ) as session:  # one session, so the name stays in the connector's DNS cache
-        async with session.get(server.url("localhost")) as response:
-            assert response.status == 200
-        connector.policy = AddressPolicy([])
-        with pytest.raises(aiohttp.ClientConnectorError) as info:
-            await session.get(server.url("localhost"))
-        assert find_blocked(info.value) is not None
-        with pytest.raises(aiohttp.ClientConnectorError):
-            await session.get(server.url("127.0.0.1"))
-    assert len(server.hits) == 1
+async def test_narrowed_policy_drops_kept_alive_connections(server: LoopbackServer) -> None:
+    server.keep_alive = True
+    client = guarded(["127.0.0.0/8"])
+    try:
+        assert await post(client, server.url("localhost")) == "ok"
+        assert await post(client, server.url("localhost")) == "ok"
+        assert len(server.peers) == 1  # the second request reused the connection
+        client.policy = AddressPolicy([])
+        for host in ("localhost", "127.0.0.1"):
+            with pytest.raises(http1.Failure) as info:
+                await post(client, server.url(host))
+            assert info.value.kind == "blocked_address"
+    finally:
+        await client.close()
+    assert len(server.hits) == 2
 
 
 async def test_mixed_answers_connect_only_to_passing_address(server: LoopbackServer) -> None:
     # 127.0.0.2 would be refused and is listed first; the connection must go to .1.
     inner = FixedResolver(["127.0.0.2", "::1", "127.0.0.1"])
-    resolver = GuardedResolver(AddressPolicy(["127.0.0.1/32"]), inner)
-    connector = GuardedConnector(resolver, limit=4)
-    assert await get(connector, server.url("service.test")) == "ok"
+    client = guarded(["127.0.0.1/32"], inner)
+    try:
+        assert await post(client, server.url("service.test")) == "ok"
+    finally:
+        await client.close()
     assert inner.asked == ["service.test"]
     assert server.hits == [f"service.test:{server.port}"]
-
-
-async def test_resolver_alone_does_not_see_ip_literals(server: LoopbackServer) -> None:
-    """Why the connector overrides its resolve step: a plain TCPConnector answers IP-literal
-    hosts itself without consulting the resolver, so the guarded resolver alone lets
-    http://127.0.0.1/ through. If aiohttp ever routes literals through the resolver, this
-    test fails and the override becomes redundant (but harmless)."""
-    connector = aiohttp.TCPConnector(resolver=GuardedResolver(AddressPolicy([])), limit=4)
-    assert await get(connector, server.url("127.0.0.1")) == "ok"
-    assert len(server.hits) == 1

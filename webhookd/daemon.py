@@ -4,7 +4,7 @@ The only module that touches signals. Signal handlers only set state; the main c
 acts on it.
 
 Startup: config -> logging -> store and migrations -> requeue deliveries left
-`delivering` -> HTTP client session -> dispatcher -> API listening -> ready.
+`delivering` -> HTTP client -> dispatcher -> API listening -> ready.
 Shutdown (SIGTERM/SIGINT): stop the API, stop claiming, let open requests finish within
 `delivery.shutdown_grace_s`, give the rest back to `pending`, publish the operational
 events those last outcomes raised, close. A second signal forces the exit.
@@ -20,16 +20,15 @@ import os
 import signal
 from pathlib import Path
 
-import aiohttp
 from aiohttp import web
 
-from webhookd import __version__, logs
+from webhookd import __version__, http1, logs
 from webhookd.api import create_app
 from webhookd.api.context import State
 from webhookd.config import Config, ConfigError, load_config
 from webhookd.dispatcher import Dispatcher
 from webhookd.metrics import Metrics
-from webhookd.netguard import AddressPolicy, make_connector
+from webhookd.netguard import AddressPolicy, GuardedResolver
 from webhookd.opevents import OpEvents
 from webhookd.retention import Retention
 from webhookd.sdnotify import Notifier, watchdog_loop
@@ -52,7 +51,8 @@ class Daemon:
         self.store = SQLiteStore(config.database)
         self.state = State(config=config, store=self.store)
         self.notifier = Notifier.from_env()
-        self.session: aiohttp.ClientSession | None = None
+        self.client: http1.Client | None = None
+        self.resolver: GuardedResolver | None = None
         self.dispatcher: Dispatcher | None = None
         self.opevents: OpEvents | None = None
         self.metrics = Metrics()
@@ -79,14 +79,8 @@ class Daemon:
                 "requeued deliveries interrupted by a crash",
                 extra={"event": "requeued_interrupted", "count": requeued},
             )
-        connector = make_connector(self.policy, limit=cfg.delivery.workers)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            cookie_jar=aiohttp.DummyCookieJar(),
-            auto_decompress=False,
-            max_line_size=8190,
-            max_field_size=8190,
-        )
+        self.resolver = GuardedResolver(self.policy)
+        self.client = http1.Client(self.resolver)
         self.opevents = OpEvents(self.store)
         opevents = self.opevents
         metrics = self.metrics
@@ -98,7 +92,7 @@ class Daemon:
             except Exception:
                 log.exception("metrics update failed", extra={"event": "metrics_bug"})
 
-        self.dispatcher = Dispatcher(self.store, self.session, cfg.delivery, on_outcome=on_outcome)
+        self.dispatcher = Dispatcher(self.store, self.client, cfg.delivery, on_outcome=on_outcome)
         self.opevents.attach(self.dispatcher.notify_many)
         self.state.dispatcher = self.dispatcher
         await self.dispatcher.start()
@@ -193,10 +187,8 @@ class Daemon:
             old = self.config
             restart = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
             self.policy = AddressPolicy(new.security.allow_networks)
-            if self.session is not None:
-                connector = self.session.connector
-                if connector is not None and hasattr(connector, "policy"):
-                    connector.policy = self.policy
+            if self.client is not None:
+                self.client.policy = self.policy
             logs.apply_level(new.log.level)
             await self.store.sync_event_types(new.event_types)
             if self.dispatcher is not None:
@@ -236,8 +228,10 @@ class Daemon:
             # After the last outcome, before the store closes: queued operational events
             # are stored (and delivered after the next start).
             await self.opevents.drain()
-        if self.session is not None:
-            await self.session.close()
+        if self.client is not None:
+            await self.client.close()
+        if self.resolver is not None:
+            await self.resolver.close()
         await self.store.close()
         address = self.config.listen_address
         if address.unix_path is not None:

@@ -19,9 +19,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import aiohttp
-
-from webhookd import delivery, formats, signing
+from webhookd import delivery, formats, http1, signing
 from webhookd.config import DeliveryConfig
 from webhookd.retry import next_delay_s, parse_retry_after
 from webhookd.store.models import Attempt, Claimed, Endpoint, Outcome, StorageError
@@ -63,14 +61,14 @@ class Dispatcher:
     def __init__(
         self,
         store: SQLiteStore,
-        session: aiohttp.ClientSession,
+        client: http1.Client,
         config: DeliveryConfig,
         *,
         rand: random.Random | None = None,
         on_outcome: Callable[[Claimed, Endpoint, Outcome], None] | None = None,
     ) -> None:
         self.store = store
-        self.session = session
+        self.client = client
         self.config = config
         self.rand = rand or random.Random()
         self.on_outcome = on_outcome
@@ -387,7 +385,7 @@ class Dispatcher:
             )
         )
         resp = await delivery.send(
-            self.session,
+            self.client,
             ep.url,
             body,
             headers,

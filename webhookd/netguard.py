@@ -4,11 +4,11 @@ Endpoint URLs come from tenants, so without a guard a URL could point the sender
 loopback services, the cloud metadata endpoint or anything else on the private network
 (server-side request forgery). This module owns the table of address ranges that are
 refused unless the operator lists them in ``security.allow_networks``, the parser for
-the numeric host spellings that browsers and libc accept, and the aiohttp resolver and
-connector that apply the policy at connect time.
+the numeric host spellings that browsers and libc accept, and the resolver that applies
+the policy to every connection the delivery client (webhookd.http1) opens.
 
 The check happens on the addresses that are actually connected to, after name
-resolution, and the connector is handed exactly the addresses that passed. Checking the
+resolution, and the client is handed exactly the addresses that passed. Checking the
 URL up front and resolving again at connect time would let a name that changes its
 answer between the two lookups (DNS rebinding) slip through.
 """
@@ -23,7 +23,6 @@ from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.tracing import Trace
 
 IPAddress = IPv4Address | IPv6Address
 IPNetwork = IPv4Network | IPv6Network
@@ -34,9 +33,8 @@ _SETTING = "security.allow_networks"
 class BlockedAddress(OSError):
     """Raised when every address of a host is refused.
 
-    It is an OSError so that aiohttp treats it like any other failure to connect and
-    wraps it in a ClientConnectorError (see ``find_blocked``) instead of letting an
-    unexpected exception type escape from the connector.
+    It is an OSError because it is one: a refusal to connect, raised where a lookup or a
+    connect would raise.
     """
 
     host: str
@@ -52,35 +50,12 @@ class BlockedAddress(OSError):
             f"add a network containing it to {_SETTING} to allow it"
         )
         super().__init__(message)
-        # aiohttp's ClientConnectorError shows the strerror of the OSError it wraps.
+        # What an OSError shows as its reason.
         self.strerror = message
 
     def __reduce__(self) -> tuple[type[BlockedAddress], tuple[str, str, str]]:
         # OSError pickles its args, which here is the message, not the three fields.
         return (type(self), (self.host, self.address, self.category))
-
-
-def find_blocked(exc: BaseException) -> BlockedAddress | None:
-    """The BlockedAddress behind an exception raised by a guarded client session, if any.
-
-    aiohttp wraps connect failures: the BlockedAddress is the ``os_error`` of a
-    ClientConnectorError and also its ``__cause__``. Other wrappers may chain it
-    implicitly, so ``__context__`` is followed too.
-    """
-    seen: set[int] = set()
-    pending: list[BaseException] = [exc]
-    while pending:
-        current = pending.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, BlockedAddress):
-            return current
-        for attr in ("os_error", "__cause__", "__context__"):
-            linked = getattr(current, attr, None)
-            if isinstance(linked, BaseException):
-                pending.append(linked)
-    return None
 
 
 # --- The range table ----------------------------------------------------------------
@@ -365,7 +340,7 @@ class AddressPolicy:
             raise BlockedAddress(host, address_text(ip), classify(ip) or "refused")
 
 
-# --- aiohttp integration --------------------------------------------------------------
+# --- resolution --------------------------------------------------------------
 
 
 def _literal_result(host: str, ip: IPAddress, port: int) -> ResolveResult:
@@ -410,8 +385,11 @@ def _filter_results(
 class GuardedResolver(AbstractResolver):
     """Resolves through an inner resolver and returns only the addresses the policy permits.
 
-    aiohttp connects to exactly the returned list, so there is no second lookup that a
-    rebinding name could answer differently. ``policy`` may be reassigned at any time
+    The delivery client connects to exactly the returned list, so there is no second
+    lookup that a rebinding name could answer differently. Numeric hosts in any spelling
+    are answered here with the canonical address that was checked, never passed to the
+    inner resolver or the socket layer as written. The inner resolver is aiohttp's
+    threaded getaddrinfo by default. ``policy`` may be reassigned at any time
     (configuration reload); each lookup reads it once.
     """
 
@@ -442,55 +420,3 @@ class GuardedResolver(AbstractResolver):
     async def close(self) -> None:
         if self._owns_inner and self._inner is not None:
             await self._inner.close()
-
-
-class GuardedConnector(aiohttp.TCPConnector):
-    """A TCPConnector that applies the address policy to every connection it opens.
-
-    The resolver alone is not enough: TCPConnector._resolve_host answers for a host that
-    looks like an IP literal (digits and dots, or any colon) itself and never consults
-    the resolver, so 'http://127.0.0.1/' and 'http://[::ffff:127.0.0.1]/' would connect
-    unchecked; other spellings such as '0x7f.1' do reach the resolver, and libc turns
-    them into an address there. Overriding that step covers both: it is the one place
-    every direct and proxy connection passes through, with the URL's host, before any
-    socket exists. Numeric hosts in any spelling are answered with the canonical
-    address that was checked.
-
-    Results are checked again after the parent's DNS cache, because a cached answer may
-    have been admitted by a policy that a reload has since narrowed. Connections already
-    in the keep-alive pool were checked when they were opened; replace the connector if
-    a narrowed policy must also cut those. Through an HTTP proxy only the proxy's own
-    address is checked: the proxy, not this process, resolves the target.
-    """
-
-    def __init__(self, resolver: GuardedResolver, *, limit: int) -> None:
-        super().__init__(resolver=resolver, limit=limit)
-        self._guard = resolver
-
-    @property
-    def policy(self) -> AddressPolicy:
-        return self._guard.policy
-
-    @policy.setter
-    def policy(self, policy: AddressPolicy) -> None:
-        self._guard.policy = policy
-
-    async def _resolve_host(
-        self, host: str, port: int, traces: Sequence[Trace] | None = None
-    ) -> list[ResolveResult]:
-        literal = parse_host_address(host)
-        if literal is not None:
-            self._guard.policy.check(host, literal)
-            return [_literal_result(host, literal, port)]
-        results = await super()._resolve_host(host, port, traces=traces)
-        return _filter_results(self._guard.policy, host, results)
-
-
-def make_connector(policy: AddressPolicy, *, limit: int) -> aiohttp.TCPConnector:
-    """A TCPConnector that enforces the policy on every connection, including IP-literal
-    hosts. Swap the policy later through the connector's ``policy`` attribute."""
-    # The override above hooks a private method; if aiohttp ever renames it, literal hosts
-    # would silently go unchecked, so refuse to build a connector at all.
-    if not callable(getattr(aiohttp.TCPConnector, "_resolve_host", None)):
-        raise RuntimeError("this aiohttp version has no TCPConnector._resolve_host to guard")
-    return GuardedConnector(GuardedResolver(policy), limit=limit)
