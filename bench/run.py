@@ -42,7 +42,9 @@ subset of the figures.
 With --profile PREFIX, a last sustained-delivery phase runs under py-spy (installed in
 the same virtualenv): PREFIX.svg (flame graph), PREFIX.txt (per thread: top functions
 and files, with all threads, the GIL holder only, and native frames) and the collapsed
-stacks PREFIX*.raw.txt it was computed from.
+stacks PREFIX*.raw.txt it was computed from. --profile-publish PREFIX does the same for a
+daemon taking single publishes from 50 clients (figure 4), without the flame graph and
+the native frames.
 
 Every loop is bounded in count and in time; child processes are killed in `finally`
 blocks and die with this process (PR_SET_PDEATHSIG).
@@ -700,21 +702,52 @@ class Bench:
             f"{early} early)"
         )
 
-    async def profile(self, d: Daemon, deliver_at: float, prefix: str) -> None:
-        """py-spy recordings of the daemon while it drains: all threads (sampled without
-        pausing it), the GIL holder only, a flame graph, and one with native frames (this
-        one pauses the daemon at each sample, so it is taken last and at a lower rate)."""
+    async def profile_publish(self, prefix: str) -> None:
+        """py-spy recordings of a daemon taking single publishes from 50 clients (figure 4,
+        no endpoint), while the load generator runs long enough for both recordings."""
+        d = Daemon(self, "profile-publish")
+        await d.start()
+        try:
+            load = asyncio.create_task(
+                self.loadgen(
+                    d.base + "/v1/events",
+                    "single",
+                    extra=["--concurrency", str(PUBLISH_CLIENTS), "--expect", "202"],
+                    duration_s=26,
+                )
+            )
+            await self.profile(d, time.time() + 1.5, prefix, full=False)
+            r = await load
+            log(f"  (publishing under the profiler: {r['rate']:,.0f} req/s)")
+        finally:
+            await d.stop()
+
+    async def profile(self, d: Daemon, start_at: float, prefix: str, full: bool = True) -> None:
+        """py-spy recordings of the daemon from `start_at` on: all threads (sampled without
+        pausing it), the GIL holder only, and with `full` a flame graph and one with native
+        frames (this one pauses the daemon at each sample, so it is taken last and at a
+        lower rate)."""
         pyspy = shutil.which("py-spy", path=str(Path(PY).parent)) or shutil.which("py-spy")
         if pyspy is None:
             log("  py-spy not found; no profile")
             return
-        await asyncio.sleep(max(0.0, deliver_at - time.time()) + 0.5)
+        await asyncio.sleep(max(0.0, start_at - time.time()) + 0.5)
         recordings = [
             ("all threads, active samples", "raw", ".raw.txt", ["--nonblocking"], 12, 200),
             ("GIL holder only", "raw", ".gil.raw.txt", ["--nonblocking", "--gil"], 10, 200),
-            ("flame graph", "flamegraph", ".svg", ["--nonblocking"], 12, 200),
-            ("native frames (pauses the daemon)", "raw", ".native.raw.txt", ["--native"], 8, 50),
         ]
+        if full:
+            recordings += [
+                ("flame graph", "flamegraph", ".svg", ["--nonblocking"], 12, 200),
+                (
+                    "native frames (pauses the daemon)",
+                    "raw",
+                    ".native.raw.txt",
+                    ["--native"],
+                    8,
+                    50,
+                ),
+            ]
         sections: list[str] = []
         for title, fmt, suffix, flags, duration_s, rate in recordings:
             out = Path(prefix + suffix)
@@ -1283,6 +1316,9 @@ async def main_async(args: argparse.Namespace, settings: Settings, tmp: Path) ->
                 rate = statistics.median(b.samples.values.get("3", [3000.0]))
                 log("profile: sustained delivery under py-spy")
                 await b.sustained(99, events=int(rate * 55), profile=args.profile)
+            if args.profile_publish:
+                log("profile: single publishes under py-spy")
+                await b.profile_publish(args.profile_publish)
         finally:
             await asyncio.to_thread(b.procs.stop_all)
     with open("/proc/loadavg") as f:
@@ -1326,6 +1362,9 @@ def main() -> int:
     ap.add_argument("--drain-window-s", type=float, help="backlog drain window (default 20)")
     ap.add_argument("--json-out", help="write the results as JSON to this file")
     ap.add_argument("--profile", help="profile a sustained phase with py-spy into PREFIX.*")
+    ap.add_argument(
+        "--profile-publish", help="profile single publishes (figure 4) with py-spy into PREFIX.*"
+    )
     ap.add_argument(
         "--only", help="comma-separated figures to measure, of A,B,3,4,5,6,7,8 (default all)"
     )

@@ -19,7 +19,7 @@ USER_AGENT = f"webhookd/{__version__}"
 DISCARD_LIMIT_BYTES = 1 << 20
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Response:
     status_code: int | None
     headers: dict[str, str]

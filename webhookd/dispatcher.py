@@ -392,9 +392,8 @@ class Dispatcher:
             timeout_s=self.config.timeout_s,
             max_response_bytes=self.config.max_response_bytes,
         )
-        redacted = signing.redact(ep.signature, resp.request_headers)
-        if redacted != resp.request_headers:
-            resp = _with_headers(resp, redacted)
+        if ep.signature.scheme == "token":
+            resp.request_headers = signing.redact(ep.signature, resp.request_headers)
         return resp, fmt, started_at
 
     def _decide(
@@ -503,9 +502,3 @@ class Dispatcher:
                     "error_kind": a.error_kind,
                 },
             )
-
-
-def _with_headers(resp: delivery.Response, headers: dict[str, str]) -> delivery.Response:
-    from dataclasses import replace
-
-    return replace(resp, request_headers=headers)

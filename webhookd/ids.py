@@ -7,6 +7,7 @@ keeping IDs made by this process strictly increasing.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import threading
@@ -21,12 +22,15 @@ _last_rand = 0
 ID_RE = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
+# Base32 in C (RFC 4648 alphabet), translated to Crockford's alphabet afterwards.
+_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+
+
 def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_ALPHABET[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+    """`value` as `length` Crockford base32 digits, most significant first (length <= 32)."""
+    # 20 bytes are exactly 32 base32 digits, so no padding; keep the last `length`.
+    digits = base64.b32encode(value.to_bytes(20, "big"))[32 - length :]
+    return digits.translate(_TO_CROCKFORD).decode("ascii")
 
 
 def new_id(prefix: str) -> str:
@@ -40,7 +44,7 @@ def new_id(prefix: str) -> str:
             _last_ms = ms
             _last_rand = int.from_bytes(os.urandom(10), "big") >> 1  # room to increment
         rand = _last_rand
-    return f"{prefix}_{_encode(ms, 10)}{_encode(rand, 16)}"
+    return f"{prefix}_{_encode((ms << _RANDOM_BITS) | rand, 26)}"
 
 
 def looks_like(prefix: str, value: str) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import secrets as _secrets
@@ -69,6 +70,7 @@ def generate_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode("ascii")
 
 
+@functools.lru_cache(maxsize=1024)
 def decode_standard_secret(secret: str) -> bytes:
     """The HMAC key of a `whsec_` secret; ValueError unless it is whsec_ + base64 of 24-64 bytes."""
     if not secret.startswith(SECRET_PREFIX):
@@ -85,7 +87,7 @@ def decode_standard_secret(secret: str) -> bytes:
 def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
     key = decode_standard_secret(secret)
     signed = f"{msg_id}.{timestamp}.".encode() + body
-    digest = hmac.new(key, signed, hashlib.sha256).digest()
+    digest = hmac.digest(key, signed, "sha256")
     return "v1," + base64.b64encode(digest).decode("ascii")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from datetime import UTC, datetime
 
@@ -13,11 +14,16 @@ def now_ms() -> int:
 def to_rfc3339(ms: int | None) -> str | None:
     if ms is None:
         return None
-    dt = datetime.fromtimestamp(ms // 1000, tz=UTC)
+    return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)
+def _second(s: int) -> str:
+    """'YYYY-MM-DDTHH:MM:SS' of a Unix second (most calls ask for the last few seconds)."""
+    dt = datetime.fromtimestamp(s, tz=UTC)
     # Formatted by hand: strftime's %Y does not zero-pad years before 1000 on every platform.
     return (
-        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T"
-        f"{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}.{ms % 1000:03d}Z"
+        f"{dt.year:04d}-{dt.month:02d}-{dt.day:02d}T{dt.hour:02d}:{dt.minute:02d}:{dt.second:02d}"
     )
 
 

@@ -9,28 +9,26 @@ from aiohttp import web
 from webhookd import metrics
 from webhookd.api import deliveries, endpoints, events, openapi, ops
 from webhookd.api.context import STATE, State
-from webhookd.api.errors import ApiError, Handler, error_middleware, error_response
+from webhookd.api.errors import ApiError, Handler, error_for
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def authenticate(request: web.Request) -> None:
+    """Raise a 401 ApiError unless the request may go on; remember the key it used."""
     config = request.app[STATE].config
     if not config.api_keys:
-        return await handler(request)
+        return
     path = request.path
     if path in PUBLIC_PATHS or (path == "/metrics" and not config.metrics.require_auth):
-        return await handler(request)
+        return
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        return error_response(
-            ApiError(
-                401,
-                "send an API key as Authorization: Bearer <key>",
-                headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
-            )
+        raise ApiError(
+            401,
+            "send an API key as Authorization: Bearer <key>",
+            headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
         )
     presented = token.strip().encode()
     match = None
@@ -39,21 +37,29 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         if hmac.compare_digest(presented, key.key.encode()) and match is None:
             match = key
     if match is None:
-        return error_response(
-            ApiError(
-                401,
-                "the API key is not valid",
-                headers={"WWW-Authenticate": 'Bearer realm="webhookd", error="invalid_token"'},
-            )
+        raise ApiError(
+            401,
+            "the API key is not valid",
+            headers={"WWW-Authenticate": 'Bearer realm="webhookd", error="invalid_token"'},
         )
     request["api_key"] = match
-    return await handler(request)
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authentication and the error format, in one layer (each middleware layer costs
+    every request a little)."""
+    try:
+        authenticate(request)
+        return await handler(request)
+    except Exception as exc:
+        return error_for(request, exc)
 
 
 def create_app(state: State) -> web.Application:
     limits = state.config.limits
     app = web.Application(
-        middlewares=[error_middleware, auth_middleware],
+        middlewares=[middleware],
         client_max_size=max(limits.max_batch_bytes, limits.max_payload_bytes) + (1 << 20),
     )
     app[STATE] = state

@@ -79,17 +79,17 @@ def error_response(err: ApiError) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as err:
-        return error_response(err)
-    except NotFound as exc:
+def error_for(request: web.Request, exc: Exception) -> web.StreamResponse:
+    """The error answer for an exception a handler raised (call it from the except block,
+    so that an unexpected error is logged with its traceback). Re-raises HTTP exceptions
+    below 400, which aiohttp sends as they are."""
+    if isinstance(exc, ApiError):
+        return error_response(exc)
+    if isinstance(exc, NotFound):
         return error_response(ApiError(404, str(exc)))
-    except Conflict as exc:
+    if isinstance(exc, Conflict):
         return error_response(ApiError(409, str(exc)))
-    except StorageError:
+    if isinstance(exc, StorageError):
         log.exception("storage error", extra={"event": "storage_error"})
         return error_response(
             ApiError(
@@ -98,17 +98,16 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
                 headers={"Retry-After": "5"},
             )
         )
-    except web.HTTPRequestEntityTooLarge:
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(ApiError(413, "the request body is too large"))
-    except web.HTTPException as exc:
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         message = {
             404: f"no route for {request.path}",
             405: f"{request.method} is not allowed on {request.path}",
         }.get(exc.status, exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(ApiError(exc.status, message, headers=headers))
-    except Exception:
-        log.exception("unhandled error", extra={"event": "internal_error", "path": request.path})
-        return error_response(ApiError(500, "internal error; the server log has the details"))
+    log.exception("unhandled error", extra={"event": "internal_error", "path": request.path})
+    return error_response(ApiError(500, "internal error; the server log has the details"))

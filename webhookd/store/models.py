@@ -77,7 +77,7 @@ class Endpoint:
         return [self.secret] + [p.secret for p in self.previous_secrets if p.expires_at > now_ms]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
 class Event:
     id: str
     type: str
@@ -88,7 +88,7 @@ class Event:
     seq: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
 class NewEvent:
     """One event to publish, validated by the caller."""
 
@@ -101,7 +101,7 @@ class NewEvent:
     only_endpoint: str | None = None  # a test event goes to this endpoint alone
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
 class PublishResult:
     event: Event
     deliveries: int
@@ -124,7 +124,7 @@ class Delivery:
     updated_at: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
 class Attempt:
     number: int
     started_at: int
@@ -139,7 +139,7 @@ class Attempt:
     error_message: str | None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
 class Claimed:
     """A delivery the dispatcher now owns, with what it needs to make the request."""
 
@@ -154,7 +154,7 @@ class Claimed:
     had_failures: bool
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
 class Outcome:
     """What one attempt did, and what the delivery and its endpoint become."""
 

@@ -110,10 +110,11 @@ class Writer:
     async def _submit(self, job: _Job) -> Any:
         if self._task is None:
             raise StorageError("the store is closed")
-        await self._queue.put(job)
-        # The write completes even if the caller is cancelled: an outcome write is never
-        # lost to cancellation.
-        return await asyncio.shield(job.future)
+        self._queue.put_nowait(job)
+        # The write completes even if the caller is cancelled: a queued job runs whatever
+        # its future says (a cancelled one is only not answered), so an outcome write is
+        # never lost to cancellation.
+        return await job.future
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
