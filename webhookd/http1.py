@@ -285,6 +285,8 @@ class _Conn(asyncio.Protocol):
         lf_end = buf.find(b"\n\n", start)
         if lf_end >= 0 and (end < 0 or lf_end < end):
             end, skip = lf_end, 2
+            if end > 0 and buf[end - 1] == 0x0D:  # CRLF, then a bare LF: the CR goes too
+                end, skip = end - 1, 3
         else:
             skip = 4
         if end < 0:
@@ -315,10 +317,12 @@ class _Conn(asyncio.Protocol):
             if _BLOCK_RE.fullmatch(head, nl + 1) is None:
                 self._invalid(_bad_line(head[nl + 1 :]))
                 return False
-            lines = head[nl + 1 :].decode("utf-8", "replace").split("\n")
-            if max(map(len, lines)) > MAX_LINE_BYTES:
+            block = head[nl + 1 :]
+            # Bytes, not decoded characters (fewer when a value is UTF-8).
+            if len(block) > MAX_LINE_BYTES and max(map(len, block.split(b"\n"))) > MAX_LINE_BYTES:
                 self._invalid(f"a header line is longer than {MAX_LINE_BYTES} bytes")
                 return False
+            lines = block.decode("utf-8", "replace").split("\n")
             for line in lines:
                 name, _, value = line.partition(":")
                 value = value.strip(" \t")
