@@ -242,6 +242,13 @@ async def test_metrics(make_daemon: Any, make_receiver: Any) -> None:
     assert 'webhookd_deliveries_finished_total{status="delivered"} 3.0' in text
     assert _metric(text, "webhookd_attempt_duration_seconds_count") == 4
     assert _metric(text, "webhookd_delivery_latency_seconds_count") == 3
+    # Buckets are cumulative: every attempt here took well under 30 s.
+    assert 'webhookd_attempt_duration_seconds_bucket{le="30.0"} 4.0' in text
+    assert 'webhookd_attempt_duration_seconds_bucket{le="+Inf"} 4.0' in text
+    assert 'webhookd_delivery_latency_seconds_bucket{le="86400.0"} 3.0' in text
+    assert 0 <= _metric(text, "webhookd_attempt_duration_seconds_sum") < 30
+    assert "# TYPE webhookd_attempt_duration_seconds histogram" in text
+    assert "# TYPE webhookd_attempts counter" in text
     assert _metric(text, "webhookd_pending_deliveries") == 1  # the 503 waits an hour
     assert _metric(text, "webhookd_oldest_due_delivery_age_seconds") == 0
     assert _metric(text, "webhookd_endpoints") == 2

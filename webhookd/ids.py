@@ -7,7 +7,6 @@ keeping IDs made by this process strictly increasing.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import threading
@@ -22,15 +21,13 @@ _last_rand = 0
 ID_RE = re.compile(r"^[a-z]{2,4}_[0-9A-HJKMNP-TV-Z]{26}$")
 
 
-# Base32 in C (RFC 4648 alphabet), translated to Crockford's alphabet afterwards.
-_TO_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+# Two digits per lookup: 10 bits at a time.
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]
 
 
 def _encode(value: int, length: int) -> str:
-    """`value` as `length` Crockford base32 digits, most significant first (length <= 32)."""
-    # 20 bytes are exactly 32 base32 digits, so no padding; keep the last `length`.
-    digits = base64.b32encode(value.to_bytes(20, "big"))[32 - length :]
-    return digits.translate(_TO_CROCKFORD).decode("ascii")
+    """`value` as `length` Crockford base32 digits, most significant first (length even)."""
+    return "".join([_PAIRS[(value >> shift) & 1023] for shift in range(5 * length - 10, -1, -10)])
 
 
 def new_id(prefix: str) -> str:

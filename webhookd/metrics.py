@@ -7,6 +7,9 @@ nothing between scrapes.
 
 from __future__ import annotations
 
+import bisect
+import math
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -15,9 +18,10 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
-    Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from webhookd.store.models import Claimed, Endpoint, Outcome
 from webhookd.timefmt import now_ms
@@ -28,6 +32,70 @@ if TYPE_CHECKING:
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 3600, 86400)
 FINAL = ("delivered", "failed", "skipped")
+_STATUS_CLASS = {code: f"{code // 100}xx" for code in range(100, 600)}
+
+
+class _Histogram:
+    """A histogram kept as plain numbers: one bisect and two additions per observation,
+    where prometheus_client's takes a lock per bucket step. Read by _PerAttempt."""
+
+    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, self.sum)
+        return family
+
+
+class _PerAttempt(Collector):
+    """The metrics that change on every attempt, counted in plain dicts and numbers on the
+    event loop and turned into Prometheus families only when scraped."""
+
+    def __init__(self) -> None:
+        self.attempts: dict[tuple[str, str], int] = {}
+        self.finished: dict[str, int] = {}
+        self.duration = _Histogram(
+            "webhookd_attempt_duration_seconds", "Duration of one HTTP attempt.", DURATION_BUCKETS
+        )
+        self.latency = _Histogram(
+            "webhookd_delivery_latency_seconds",
+            "From publish to the successful attempt's start.",
+            LATENCY_BUCKETS,
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        attempts = CounterMetricFamily(
+            "webhookd_attempts",
+            "Delivery attempts by outcome (success, http_error or an error kind) and status class.",
+            labels=["outcome", "status_class"],
+        )
+        for (outcome, status_class), n in sorted(self.attempts.items()):
+            attempts.add_metric([outcome, status_class], n)
+        yield attempts
+        finished = CounterMetricFamily(
+            "webhookd_deliveries_finished",
+            "Deliveries that reached a final state.",
+            labels=["status"],
+        )
+        for status, n in sorted(self.finished.items()):
+            finished.add_metric([status], n)
+        yield finished
+        yield self.duration.family()
+        yield self.latency.family()
 
 
 class Metrics:
@@ -37,30 +105,8 @@ class Metrics:
         self.events_published = Counter(
             "webhookd_events_published", "Events accepted and committed.", registry=r
         )
-        self.attempts = Counter(
-            "webhookd_attempts",
-            "Delivery attempts by outcome (success, http_error or an error kind) and status class.",
-            ["outcome", "status_class"],
-            registry=r,
-        )
-        self.finished = Counter(
-            "webhookd_deliveries_finished",
-            "Deliveries that reached a final state.",
-            ["status"],
-            registry=r,
-        )
-        self.attempt_duration = Histogram(
-            "webhookd_attempt_duration_seconds",
-            "Duration of one HTTP attempt.",
-            buckets=DURATION_BUCKETS,
-            registry=r,
-        )
-        self.latency = Histogram(
-            "webhookd_delivery_latency_seconds",
-            "From publish to the successful attempt's start.",
-            buckets=LATENCY_BUCKETS,
-            registry=r,
-        )
+        self.per_attempt = _PerAttempt()
+        r.register(self.per_attempt)
         self.pending = Gauge("webhookd_pending_deliveries", "Deliveries waiting.", registry=r)
         self.oldest_due = Gauge(
             "webhookd_oldest_due_delivery_age_seconds",
@@ -82,14 +128,16 @@ class Metrics:
     def outcome(self, c: Claimed, ep: Endpoint, o: Outcome) -> None:
         a = o.attempt
         code = a.status_code
-        status_class = f"{code // 100}xx" if code is not None else "none"
+        status_class = _STATUS_CLASS.get(code, "none") if code is not None else "none"
         kind = "success" if o.success else a.error_kind or "http_error"
-        self.attempts.labels(kind, status_class).inc()
-        self.attempt_duration.observe(a.duration_ms / 1000)
+        per = self.per_attempt
+        key = (kind, status_class)
+        per.attempts[key] = per.attempts.get(key, 0) + 1
+        per.duration.observe(a.duration_ms / 1000)
         if o.status in FINAL:
-            self.finished.labels(o.status).inc()
+            per.finished[o.status] = per.finished.get(o.status, 0) + 1
         if o.success:
-            self.latency.observe(max(a.started_at - c.event.created_at, 0) / 1000)
+            per.latency.observe(max(a.started_at - c.event.created_at, 0) / 1000)
 
     async def refresh(self, state: State) -> None:
         store = state.store
