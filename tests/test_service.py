@@ -248,7 +248,7 @@ async def test_metrics(make_daemon: Any, make_receiver: Any) -> None:
     assert 'webhookd_delivery_latency_seconds_bucket{le="86400.0"} 3.0' in text
     assert 0 <= _metric(text, "webhookd_attempt_duration_seconds_sum") < 30
     assert "# TYPE webhookd_attempt_duration_seconds histogram" in text
-    assert "# TYPE webhookd_attempts counter" in text
+    assert "# TYPE webhookd_attempts_total counter" in text
     assert _metric(text, "webhookd_pending_deliveries") == 1  # the 503 waits an hour
     assert _metric(text, "webhookd_oldest_due_delivery_age_seconds") == 0
     assert _metric(text, "webhookd_endpoints") == 2
