@@ -1,14 +1,16 @@
 """JSON in and out without losing data.
 
-Request bodies are parsed with the standard library, which keeps integers of any size
-exactly (orjson would turn an integer beyond 64 bits into a float and silently change a
-customer's payload), and refuses NaN and Infinity, which are not JSON. Output uses orjson
-for speed and falls back to the standard library only for what orjson cannot encode.
+Request bodies that may hold an integer beyond 64 bits are parsed with the standard
+library, which keeps integers of any size exactly (orjson would turn one into a float and
+silently change a customer's payload); both refuse NaN and Infinity, which are not JSON.
+Output uses orjson for speed and falls back to the standard library only for what orjson
+cannot encode.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import orjson
@@ -25,8 +27,23 @@ def _no_constants(name: str) -> Any:
 _decoder = json.JSONDecoder(parse_constant=_no_constants)
 
 
+# 19 digits in a row: maybe an integer beyond 64 bits (or a long fraction or string of
+# digits, which the slower parser handles just as well).
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+
+
 def loads(data: bytes | str) -> Any:
-    """Parse one JSON document; JSONError with a short reason if it is not one."""
+    """Parse one JSON document; JSONError with a short reason if it is not one.
+
+    orjson parses what it parses exactly as the standard library does, except integers
+    beyond 64 bits; so a document without a run of 19 digits goes through orjson, and
+    anything orjson refuses goes through the standard library for its verdict and its
+    error message."""
+    if isinstance(data, bytes) and _LONG_NUMBER.search(data) is None:
+        try:
+            return orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
     try:
         text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
         value, end = _decoder.raw_decode(text.strip())

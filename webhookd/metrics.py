@@ -16,7 +16,6 @@ from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
-    Counter,
     Gauge,
     generate_latest,
 )
@@ -62,10 +61,11 @@ class _Histogram:
 
 
 class _PerAttempt(Collector):
-    """The metrics that change on every attempt, counted in plain dicts and numbers on the
-    event loop and turned into Prometheus families only when scraped."""
+    """The metrics that change on every publish and attempt, counted in plain dicts and
+    numbers on the event loop and turned into Prometheus families only when scraped."""
 
     def __init__(self) -> None:
+        self.published = 0
         self.attempts: dict[tuple[str, str], int] = {}
         self.finished: dict[str, int] = {}
         self.duration = _Histogram(
@@ -78,6 +78,9 @@ class _PerAttempt(Collector):
         )
 
     def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "webhookd_events_published", "Events accepted and committed.", self.published
+        )
         attempts = CounterMetricFamily(
             "webhookd_attempts",
             "Delivery attempts by outcome (success, http_error or an error kind) and status class.",
@@ -102,9 +105,6 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.events_published = Counter(
-            "webhookd_events_published", "Events accepted and committed.", registry=r
-        )
         self.per_attempt = _PerAttempt()
         r.register(self.per_attempt)
         self.pending = Gauge("webhookd_pending_deliveries", "Deliveries waiting.", registry=r)
@@ -122,8 +122,7 @@ class Metrics:
         )
 
     def published(self, n: int) -> None:
-        if n:
-            self.events_published.inc(n)
+        self.per_attempt.published += n
 
     def outcome(self, c: Claimed, ep: Endpoint, o: Outcome) -> None:
         a = o.attempt
