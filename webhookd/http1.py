@@ -356,11 +356,14 @@ class _Conn(asyncio.Protocol):
                 self._state = _UNTIL_CLOSE
                 self.keep_alive = False
         elif cl is not None:
-            values = {v.strip() for v in cl.split(",")}
-            if len(values) != 1 or not _LENGTH_RE.fullmatch(next(iter(values))):
-                self._invalid(f"bad Content-Length {cl[:40]!r}")
-                return False
-            self._remaining = int(next(iter(values)))
+            if cl.isascii() and cl.isdigit() and len(cl) <= 18:
+                self._remaining = int(cl)  # the usual case, without building a set
+            else:
+                values = {v.strip() for v in cl.split(",")}
+                if len(values) != 1 or not _LENGTH_RE.fullmatch(next(iter(values))):
+                    self._invalid(f"bad Content-Length {cl[:40]!r}")
+                    return False
+                self._remaining = int(next(iter(values)))
             self._state = _LENGTH
             if self._remaining == 0:
                 self._finish(False)

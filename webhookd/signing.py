@@ -104,7 +104,10 @@ def sign(
         return {}
     current = secrets[0]
     if spec.scheme == "standard":
-        sigs = " ".join(standard_signature(s, msg_id, timestamp, body) for s in secrets)
+        if len(secrets) == 1:
+            sigs = standard_signature(current, msg_id, timestamp, body)
+        else:
+            sigs = " ".join([standard_signature(s, msg_id, timestamp, body) for s in secrets])
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
