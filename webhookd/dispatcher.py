@@ -76,6 +76,7 @@ class Dispatcher:
         self._tasks: dict[str, _Task] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
+        self._event_loop: asyncio.AbstractEventLoop | None = None
         self._stopping = False
         self._attempting = 0
         self._queued = 0
@@ -87,6 +88,7 @@ class Dispatcher:
         due = await self.store.next_due(self.store.endpoints)
         for endpoint_id, at in due.items():
             self._state(endpoint_id).next_due = at
+        self._event_loop = asyncio.get_running_loop()
         self._loop_task = asyncio.create_task(self._run(), name="webhookd-dispatcher")
 
     @property
@@ -283,7 +285,10 @@ class Dispatcher:
             self._queued -= 1
             st.in_flight += 1
             self._attempting += 1
-            task = asyncio.create_task(self._deliver(c), name=f"webhookd-deliver-{c.delivery_id}")
+            # The loop kept from start(): asyncio.create_task would ask for the running
+            # loop, a getpid() system call per delivery on Python 3.11.
+            loop = self._event_loop or asyncio.get_running_loop()
+            task = loop.create_task(self._deliver(c))
             self._tasks[c.delivery_id] = _Task(claimed=c, task=task)
         self.stats.in_flight = self._attempting
 

@@ -457,6 +457,7 @@ class Client:
         self._busy: set[_Conn] = set()
         self._last_sweep = time.monotonic()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def policy(self) -> AddressPolicy:
@@ -493,9 +494,12 @@ class Client:
         if self._closed:
             raise Failure("connection_error", "the client is shut down")
         t = target(url)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            # Kept: asking asyncio costs a getpid() system call per call on Python 3.11.
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        message = f"no complete response within {timeout_s:g} s (delivery.timeout_s)"
+        message = _timeout_message(timeout_s)
         conn = self._take_idle(t.key)
         reused = conn is not None
         for _ in range(2):
@@ -522,7 +526,8 @@ class Client:
         keep: int,
         discard: int,
     ) -> Answer:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        assert loop is not None
         waiter: asyncio.Future[Answer] = loop.create_future()
         conn.start(waiter, keep, discard)
         transport = conn.transport
@@ -650,6 +655,11 @@ def _bad_line(block: bytes) -> str:
         if _HEADER_RE.fullmatch(line) is None:
             return f"bad header line {line[:60]!r}"
     return "bad header block"
+
+
+@functools.lru_cache(maxsize=16)
+def _timeout_message(timeout_s: float) -> str:
+    return f"no complete response within {timeout_s:g} s (delivery.timeout_s)"
 
 
 def _factory(conn: _Conn) -> Callable[[], _Conn]:
