@@ -142,10 +142,11 @@ class Settings:
             backlog=args.backlog if args.backlog is not None else (50_000 if q else 1_000_000),
             closed_s=3.0 if q else 5.0,
             warmup_s=1.0,
-            sustained_events=args.events if args.events is not None else (5_000 if q else 20_000),
+            # About 5 s of delivering at 8,000-10,000/s: a steady window, not a burst.
+            sustained_events=args.events if args.events is not None else (5_000 if q else 40_000),
             # Long enough for the dead endpoint's requests to time out and be rescheduled
-            # at least once while the healthy one drains.
-            isolation_events=10_000 if q else 40_000,
+            # at least once while the healthy one drains (about 9 s).
+            isolation_events=10_000 if q else 80_000,
             isolation_timeout_s=2.0 if q else 5.0,
             latency_s=4.0 if q else 10.0,
             latency_rate=500.0,
