@@ -519,6 +519,21 @@ async def test_concurrent_requests_open_several_connections_then_reuse_them(
     assert len(set(peers)) == 3
 
 
+async def test_idle_connections_are_capped_over_all_origins() -> None:
+    capped = http1.Client(GuardedResolver(AddressPolicy(["127.0.0.0/8"])), max_idle=2)
+    try:
+        async with web_server(gate=3) as server:
+            for _ in range(2):
+                answers = await asyncio.gather(*(post(capped, server.url) for _ in range(3)))
+                assert [a.body for a in answers] == [b"ok"] * 3
+            peers = list(server.peers)
+    finally:
+        await capped.close()
+    # Three at once each round, but only two kept: the second round opens one new one.
+    assert len(set(peers)) == 4
+    assert len(peers) == 6
+
+
 async def test_delivery_send_reuses_the_connection(client: http1.Client) -> None:
     async with web_server() as server:
         for _ in range(3):

@@ -42,6 +42,7 @@ from webhookd.netguard import AddressPolicy, BlockedAddress, GuardedResolver
 MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8190
 KEEPALIVE_S = 15.0
+MAX_IDLE = 256  # kept-alive connections over all origins
 
 _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
 _HEADER_RE = re.compile(
@@ -449,10 +450,18 @@ class Client:
     """Keep-alive connections per (scheme, host, port), guarded on connect."""
 
     def __init__(
-        self, resolver: GuardedResolver, *, ssl_context: ssl.SSLContext | None = None
+        self,
+        resolver: GuardedResolver,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_idle: int = MAX_IDLE,
     ) -> None:
         self._resolver = resolver
         self._ssl = ssl_context
+        # Idle connections over all origins are capped, so that deliveries to thousands of
+        # endpoints do not keep thousands of sockets (and file descriptors) open.
+        self._max_idle = max_idle
+        self._idle_count = 0
         self._idle: dict[tuple[bool, str, int], list[_Conn]] = {}
         self._busy: set[_Conn] = set()
         self._last_sweep = time.monotonic()
@@ -473,6 +482,7 @@ class Client:
             for conn in conns:
                 self._close(conn)
         self._idle.clear()
+        self._idle_count = 0
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
@@ -555,6 +565,7 @@ class Client:
         policy = self._resolver.policy
         while conns:
             conn = conns.pop()
+            self._idle_count -= 1
             t = conn.transport
             if (
                 not conn.lost
@@ -577,9 +588,11 @@ class Client:
             and t is not None
             and not t.is_closing()
             and conn.policy is self._resolver.policy
+            and self._idle_count < self._max_idle
         ):
             conn.idle_since = now
             self._idle.setdefault(conn.key, []).append(conn)
+            self._idle_count += 1
         else:
             self._close(conn)
         if now - self._last_sweep > 5.0:
@@ -596,6 +609,7 @@ class Client:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
+        self._idle_count = sum(len(conns) for conns in self._idle.values())
 
     @staticmethod
     def _close(conn: _Conn) -> None:
@@ -644,6 +658,7 @@ class Client:
             for conn in conns:
                 self._close(conn)
         self._idle.clear()
+        self._idle_count = 0
         for conn in list(self._busy):
             if conn.transport is not None:
                 conn.transport.abort()
