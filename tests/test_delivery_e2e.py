@@ -264,3 +264,19 @@ async def test_payload_is_delivered_exactly_as_published(
     assert json.loads(req.body)["data"] == payload
     got = (await daemon.get(f"/v1/events/{r.json['id']}")).json
     assert got["payload"] == payload
+
+
+async def test_numbers_beyond_the_float_range_are_refused_not_changed(daemon: Daemon) -> None:
+    """1e400 would become infinity and then null; it is refused with a reason instead."""
+    for number in ("1.5e400", "-2E+309"):
+        raw = b'{"type": "call.completed", "payload": {"amount": ' + number.encode() + b"}}"
+        r = await daemon.request("POST", "/v1/events", data=raw)
+        assert r.status == 400, r
+        assert r.json["error"] == "bad_request", r
+        assert number in r.json["message"] and "64-bit float" in r.json["message"], r
+    # The largest finite double passes through exactly.
+    raw = b'{"type": "call.completed", "payload": {"amount": 1.7976931348623157e308}}'
+    r = await daemon.request("POST", "/v1/events", data=raw)
+    assert r.status == 202, r
+    got = (await daemon.get(f"/v1/events/{r.json['id']}")).json
+    assert got["payload"] == {"amount": 1.7976931348623157e308}

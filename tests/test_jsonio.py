@@ -18,6 +18,7 @@ DOCS = [
     b'{"edge":9223372036854775807,"neg":-9223372036854775808,"u64":18446744073709551615}',
     b'{"n":-123456789012345678901234567890}',
     b'{"f":0.1,"g":1e-7,"h":123456789.123456789}',
+    b'{"big":1.7976931348623157e308,"tiny":5e-324,"under":1e-400,"e":1E+100}',
     b'{"s":"\\ud800"}',
     b'{"a":1,"a":2}',
 ]
@@ -30,7 +31,10 @@ def test_same_value_as_the_standard_library(doc: bytes) -> None:
     assert repr(value) == repr(json.loads(doc))  # int stays int, exactly
 
 
-@pytest.mark.parametrize("doc", [b'{"a":NaN}', b'{"a":Infinity}', b"[1]x", b"", b"\xff"])
+@pytest.mark.parametrize(
+    "doc",
+    [b'{"a":NaN}', b'{"a":Infinity}', b"[1]x", b"", b"\xff", b'{"a":1.5e400}', b"[-1E+309]"],
+)
 def test_refusals(doc: bytes) -> None:
     with pytest.raises(jsonio.JSONError):
         jsonio.loads(doc)

@@ -10,6 +10,7 @@ cannot encode.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -24,22 +25,31 @@ def _no_constants(name: str) -> Any:
     raise JSONError(f"{name} is not valid JSON")
 
 
-_decoder = json.JSONDecoder(parse_constant=_no_constants)
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise JSONError(f"the number {text[:40]} is too large for a 64-bit float")
+    return value
+
+
+_decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float)
 
 
 # 19 digits in a row: maybe an integer beyond 64 bits (or a long fraction or string of
-# digits, which the slower parser handles just as well).
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+# digits, which the slower parser handles just as well); an exponent of 3 digits: maybe a
+# float beyond the 64-bit range, which would silently become infinity (and then null).
+_SLOW_PATH = re.compile(rb"[0-9]{19}|[eE][+-]?[0-9]{3}")
 
 
 def loads(data: bytes | str) -> Any:
     """Parse one JSON document; JSONError with a short reason if it is not one.
 
     orjson parses what it parses exactly as the standard library does, except integers
-    beyond 64 bits; so a document without a run of 19 digits goes through orjson, and
-    anything orjson refuses goes through the standard library for its verdict and its
-    error message."""
-    if isinstance(data, bytes) and _LONG_NUMBER.search(data) is None:
+    beyond 64 bits; so a document without a run of 19 digits (or a 3-digit exponent)
+    goes through orjson, and anything orjson refuses goes through the standard library
+    for its verdict and its error message. Numbers beyond the range of a 64-bit float are
+    refused rather than turned into infinity."""
+    if isinstance(data, bytes) and _SLOW_PATH.search(data) is None:
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
