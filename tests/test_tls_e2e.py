@@ -52,6 +52,16 @@ async def deliveries(d: Daemon, endpoint_id: str, status: str) -> Any:
     return r.json["data"]
 
 
+async def failed_attempt(d: Daemon, cert: trustme.LeafCert) -> tuple[Any, list[bytes]]:
+    """Publish to https://localhost with `cert` until the delivery fails; its one attempt,
+    and what the receiver got."""
+    async with https_receiver(cert) as (port, bodies):
+        ep = await d.endpoint(f"https://localhost:{port}/hook")
+        await d.publish()
+        [dlv] = await wait_until(lambda: deliveries(d, ep["id"], "failed"), 15)
+    return (await d.get(f"/v1/deliveries/{dlv['id']}")).json["attempts"][0], bodies
+
+
 async def test_https_endpoint_with_a_trusted_certificate(make_daemon: Any, tmp_path: Path) -> None:
     ca = trustme.CA()
     cert = ca.issue_cert("localhost", "127.0.0.1")
@@ -72,11 +82,7 @@ async def test_https_endpoint_with_an_untrusted_certificate_fails_as_tls(
     other_ca = trustme.CA()
     cert = trustme.CA().issue_cert("localhost")  # signed by a CA the daemon does not trust
     d: Daemon = await make_daemon(ALLOW_LOOPBACK, env=trust_file(other_ca, tmp_path))
-    async with https_receiver(cert) as (port, bodies):
-        ep = await d.endpoint(f"https://localhost:{port}/hook")
-        await d.publish()
-        [dlv] = await wait_until(lambda: deliveries(d, ep["id"], "failed"), 15)
-    attempt = (await d.get(f"/v1/deliveries/{dlv['id']}")).json["attempts"][0]
+    attempt, bodies = await failed_attempt(d, cert)
     assert attempt["error_kind"] == "tls", attempt
     assert attempt["status_code"] is None
     assert "certificate" in attempt["error_message"].lower()
@@ -89,10 +95,6 @@ async def test_https_certificate_for_another_host_name_fails_as_tls(
     ca = trustme.CA()
     cert = ca.issue_cert("service.example")  # valid, trusted, but not for localhost
     d: Daemon = await make_daemon(ALLOW_LOOPBACK, env=trust_file(ca, tmp_path))
-    async with https_receiver(cert) as (port, bodies):
-        ep = await d.endpoint(f"https://localhost:{port}/hook")
-        await d.publish()
-        [dlv] = await wait_until(lambda: deliveries(d, ep["id"], "failed"), 15)
-    attempt = (await d.get(f"/v1/deliveries/{dlv['id']}")).json["attempts"][0]
+    attempt, bodies = await failed_attempt(d, cert)
     assert attempt["error_kind"] == "tls", attempt
     assert bodies == []

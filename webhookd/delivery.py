@@ -63,9 +63,11 @@ async def send(
     max_response_bytes: int,
 ) -> Response:
     started = time.monotonic()
-    wire_headers = dict(headers)
     try:
         wire_headers = sent_headers(url, headers, body)
+    except http1.Failure as exc:  # the URL is not one we can send to
+        return _failed(exc, dict(headers), started)
+    try:
         answer = await client.post(
             url,
             http1.header_block(wire_headers),
@@ -75,15 +77,7 @@ async def send(
             discard=max(DISCARD_LIMIT_BYTES, max_response_bytes),
         )
     except http1.Failure as exc:
-        return Response(
-            status_code=exc.status,
-            headers=exc.headers,
-            body=exc.body.decode("utf-8", errors="replace"),
-            error_kind=exc.kind,
-            error_message=exc.message,
-            duration_ms=int((time.monotonic() - started) * 1000),
-            request_headers=wire_headers,
-        )
+        return _failed(exc, wire_headers, started)
     status = answer.status
     text = answer.body.decode("utf-8", errors="replace")
     kind: str | None = None
@@ -111,4 +105,16 @@ async def send(
         error_message=message,
         duration_ms=int((time.monotonic() - started) * 1000),
         request_headers=wire_headers,
+    )
+
+
+def _failed(exc: http1.Failure, request_headers: dict[str, str], started: float) -> Response:
+    return Response(
+        status_code=exc.status,
+        headers=exc.headers,
+        body=exc.body.decode("utf-8", errors="replace"),
+        error_kind=exc.kind,
+        error_message=exc.message,
+        duration_ms=int((time.monotonic() - started) * 1000),
+        request_headers=request_headers,
     )

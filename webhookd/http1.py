@@ -44,14 +44,13 @@ MAX_LINE_BYTES = 8190
 KEEPALIVE_S = 15.0
 MAX_IDLE = 256  # kept-alive connections over all origins
 
-_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: [^\x00-\x08\x0a-\x1f\x7f]*)?")
-_HEADER_RE = re.compile(
-    rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([^\x00-\x08\x0a-\x1f\x7f]*?)[ \t]*"
-)
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_VALUE = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+_TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
+_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: " + _TEXT + rb")?")
+_LINE = _TOKEN + rb":" + _TEXT  # one header line: "name: value"
+_LINE_RE = re.compile(_LINE)
 # Header lines after the status line, joined by LF: "name: value" each, nothing else.
-_BLOCK_RE = re.compile(rb"(?:" + _TOKEN + rb":" + _VALUE + rb"\n)*" + _TOKEN + rb":" + _VALUE)
+_BLOCK_RE = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # ASCII digits only: str.isdigit and int() also take other Unicode digits, and int() refuses
@@ -141,7 +140,6 @@ class _Conn(asyncio.Protocol):
         self.key = key
         self.transport: asyncio.Transport | None = None
         self.lost = False
-        self.lost_exc: BaseException | None = None
         self.idle_since = 0.0
         self.policy: AddressPolicy | None = None
         self.waiter: asyncio.Future[Answer] | None = None
@@ -166,7 +164,6 @@ class _Conn(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        self.lost_exc = exc
         self.keep_alive = False
         waiter = self.waiter
         if waiter is None or waiter.done():
@@ -667,7 +664,7 @@ class Client:
 def _bad_line(block: bytes) -> str:
     """Which header line broke the rules (only computed for the error message)."""
     for line in block.split(b"\n"):
-        if _HEADER_RE.fullmatch(line) is None:
+        if _LINE_RE.fullmatch(line) is None:
             return f"bad header line {line[:60]!r}"
     return "bad header block"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,6 +21,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("webhookd.store")
 
 
+def select_in(conn: sqlite3.Connection, sql: str, ids: Collection[str]) -> Iterator[Any]:
+    """The rows of `sql`, whose `{marks}` stands for one `?` per id, asked 500 ids at a
+    time (SQLite limits the number of parameters of one statement)."""
+    id_list = list(ids)
+    for i in range(0, len(id_list), 500):
+        chunk = id_list[i : i + 500]
+        yield from conn.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
+
+
 def publish_merged(
     conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
 ) -> list[Any]:
@@ -29,17 +38,13 @@ def publish_merged(
     now = now_ms()
     wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
     existing: dict[str, tuple[Event, bytes | None]] = {}
-    if wanted_ids:
-        id_list = list(wanted_ids)
-        for i in range(0, len(id_list), 500):
-            chunk = id_list[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            for r in conn.execute(
-                "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
-                f"FROM events WHERE id IN ({marks})",
-                chunk,
-            ):
-                existing[r[0]] = (Event(*r[:7]), r[7])
+    for r in select_in(
+        conn,
+        "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
+        "FROM events WHERE id IN ({marks})",
+        wanted_ids,
+    ):
+        existing[r[0]] = (Event(*r[:7]), r[7])
     event_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[tuple[Any, ...]] = []
     outputs: list[Any] = []

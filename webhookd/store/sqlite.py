@@ -21,7 +21,7 @@ import orjson
 from webhookd.config import EventTypeDecl
 from webhookd.ids import new_id
 from webhookd.matching import subscribed
-from webhookd.store.batches import publish_merged, record_merged
+from webhookd.store.batches import publish_merged, record_merged, select_in
 from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
@@ -711,18 +711,11 @@ class SQLiteStore:
         return claimed, next_due
 
     def _events_by_id(self, conn: sqlite3.Connection, ids: set[str]) -> dict[str, Event]:
-        out: dict[str, Event] = {}
-        id_list = list(ids)
-        for i in range(0, len(id_list), 500):
-            chunk = id_list[i : i + 500]
-            marks = ",".join("?" for _ in chunk)
-            for r in conn.execute(
-                "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events "
-                f"WHERE id IN ({marks})",
-                chunk,
-            ):
-                out[r[0]] = Event(*r)
-        return out
+        sql = (
+            "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events "
+            "WHERE id IN ({marks})"
+        )
+        return {r[0]: Event(*r) for r in select_in(conn, sql, ids)}
 
     async def record(self, outcome: Outcome) -> None:
         """Store one attempt and the delivery's new state (batched with others)."""
