@@ -254,6 +254,13 @@ async def test_metrics(make_daemon: Any, make_receiver: Any) -> None:
     assert _metric(text, "webhookd_endpoints") == 2
     assert _metric(text, "webhookd_endpoints_disabled") == 0
     assert "webhookd_in_flight_requests" in text
+    # Four publishes, four outcomes and their claims took at least a few transactions,
+    # each of which spent some time committing.
+    transactions = _metric(text, "webhookd_store_transactions_total")
+    assert transactions >= 3
+    busy = _metric(text, "webhookd_store_transaction_seconds_total")
+    committing = _metric(text, "webhookd_store_commit_seconds_total")
+    assert 0 < committing <= busy < 30
 
 
 async def test_metrics_auth_is_configurable(make_daemon: Any) -> None:

@@ -66,6 +66,10 @@ class _PerAttempt(Collector):
 
     def __init__(self) -> None:
         self.published = 0
+        # The database writer's counters, copied in at scrape time.
+        self.transactions = 0
+        self.transaction_s = 0.0
+        self.commit_s = 0.0
         self.attempts: dict[tuple[str, str], int] = {}
         self.finished: dict[str, int] = {}
         self.duration = _Histogram(
@@ -99,6 +103,22 @@ class _PerAttempt(Collector):
         yield finished
         yield self.duration.family()
         yield self.latency.family()
+        yield CounterMetricFamily(
+            "webhookd_store_transactions",
+            "Write transactions committed (each holds every write queued meanwhile).",
+            self.transactions,
+        )
+        yield CounterMetricFamily(
+            "webhookd_store_transaction_seconds",
+            "Time the database thread spent in write transactions; its rate is how busy "
+            "the one writer is (1 = always).",
+            self.transaction_s,
+        )
+        yield CounterMetricFamily(
+            "webhookd_store_commit_seconds",
+            "Of that, time spent committing (mostly waiting for the disk to sync).",
+            self.commit_s,
+        )
 
 
 class Metrics:
@@ -147,6 +167,12 @@ class Metrics:
         self.endpoints.set(len(endpoints))
         self.disabled.set(sum(1 for e in endpoints if not e.active))
         self.in_flight.set(state.dispatcher.stats.in_flight if state.dispatcher else 0)
+        writer = store.writer
+        if writer is not None:
+            per = self.per_attempt
+            per.transactions = writer.commits
+            per.transaction_s = writer.busy_s
+            per.commit_s = writer.commit_s
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

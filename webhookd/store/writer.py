@@ -21,6 +21,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -56,6 +57,10 @@ class Writer:
         self.healthy = True
         self.commits = 0
         self.batched = 0
+        # Seconds the database thread spent in transactions, and in COMMIT alone (mostly
+        # the fsync): how busy the one writer is, for /metrics.
+        self.busy_s = 0.0
+        self.commit_s = 0.0
 
     async def start(self, setup: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Open the connection in the database thread, run `setup` (migrations) there."""
@@ -156,6 +161,18 @@ class Writer:
         assert conn is not None
         self._after = []
         results: list[tuple[_Job, Any, BaseException | None]] = []
+        started = time.perf_counter()
+        try:
+            return self._transaction(conn, batch, results)
+        finally:
+            self.busy_s += time.perf_counter() - started
+
+    def _transaction(
+        self,
+        conn: sqlite3.Connection,
+        batch: list[_Job],
+        results: list[tuple[_Job, Any, BaseException | None]],
+    ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[Callable[[], None]]]:
         try:
             conn.execute("BEGIN IMMEDIATE")
             merged: dict[MergedFn, list[_Job]] = {}
@@ -182,7 +199,9 @@ class Writer:
                     out = self._guarded(conn, job.fn)
                     err = out if isinstance(out, BaseException) else None
                     results.append((job, None if err else out, err))
+            committing = time.perf_counter()
             conn.execute("COMMIT")
+            self.commit_s += time.perf_counter() - committing
             self.commits += 1
             self.healthy = True
             return results, self._after
