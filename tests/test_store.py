@@ -115,3 +115,129 @@ async def test_requeue_interrupted(store: SQLiteStore) -> None:
     assert await store.requeue_interrupted() == 3
     claimed, _ = await store.claim({ep.id: 3}, now_ms())
     assert len(claimed) == 3
+
+
+def _plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> str:
+    return " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+
+
+async def test_bulk_statements_look_deliveries_up_by_id(store: SQLiteStore) -> None:
+    """The per-batch statements find each delivery through its id, never by walking the
+    table or every row in one state (which would make a batch cost grow with the backlog
+    or with the number of open requests)."""
+    from webhookd.store.batches import (
+        MARK_DELIVERING,
+        SKIP_IF_DISABLED,
+        UPDATE_RECORDED,
+        claim_select,
+    )
+
+    conn = sqlite3.connect(store.path)
+    part = (
+        "SELECT id FROM (SELECT id FROM deliveries WHERE endpoint_id=? AND "
+        "status='pending' AND next_attempt_at<=? ORDER BY next_attempt_at LIMIT ?)"
+    )
+    plans = {
+        "record": _plan(conn, UPDATE_RECORDED, (0, "[]")),
+        "skip": _plan(conn, SKIP_IF_DISABLED, (0, "[]")),
+        "mark": _plan(conn, MARK_DELIVERING, (0, "[]")),
+        "claim": _plan(conn, claim_select([part, part]), ("a", 0, 1, "b", 0, 1)),
+    }
+    conn.close()
+    for name, text in plans.items():
+        assert "SCAN deliveries" not in text and "SCAN d " not in text, (name, text)
+        assert "deliveries_delivering" not in text, (name, text)
+        assert "sqlite_autoindex_deliveries_1" in text, (name, text)
+    assert "SCAN e " not in plans["claim"], plans["claim"]
+    assert "deliveries_due" in plans["claim"], plans["claim"]
+
+
+async def test_claim_returns_payload_bytes_exactly(store: SQLiteStore) -> None:
+    ep = await store.create_endpoint({"url": "https://example.com/h", "secret": "whsec_x"})
+    payloads = [
+        '{"text":"caf\u00e9 \U0001f600 \\u0000 \\"quoted\\" back\\\\slash"}'.encode(),
+        b'{"big":123456789012345678901234567890,"neg":-0.0,"e":1E+300}',
+        b'{"raw":"tab\\there","nl":"\\n","sep":"\xe2\x80\xa8"}',
+        b"[]",
+    ]
+    events = [
+        NewEvent(
+            id=new_id("evt"),
+            type="order.created",
+            tenant=None,
+            payload_json=p,
+            body_hash=None,
+            deliver_at=None,
+        )
+        for p in payloads
+    ]
+    await store.publish(events)
+    claimed, _ = await store.claim({ep.id: 10}, now_ms())
+    got = {c.event.id: c.event.payload_json for c in claimed}
+    assert got == {e.id: e.payload_json for e in events}
+
+
+async def test_a_batch_of_outcomes_is_a_few_statements(store: SQLiteStore) -> None:
+    """300 outcomes queued together are written by a constant number of statements, not
+    one or more per outcome; and each lands: attempt row, new delivery state."""
+    from webhookd.store.models import Attempt, Outcome
+
+    ep = await store.create_endpoint({"url": "https://example.com/h", "secret": "whsec_x"})
+    await store.publish([new_event(i) for i in range(300)])
+    claimed, _ = await store.claim({ep.id: 300}, now_ms())
+    assert len(claimed) == 300
+    statements: list[str] = []
+    assert store.writer is not None
+    conn = store.writer._conn
+    assert conn is not None
+    await store.writer.run(lambda c: c.set_trace_callback(statements.append))
+
+    def outcome(i: int, delivery_id: str) -> Outcome:
+        ok = i % 3 != 0
+        return Outcome(
+            delivery_id=delivery_id,
+            endpoint_id=ep.id,
+            attempt=Attempt(
+                number=1,
+                started_at=now_ms(),
+                duration_ms=i,
+                trigger="scheduled",
+                format="json",
+                request_headers={"webhook-id": f"evt_{i}", "X-Quote": 'a "b" \\ c'},
+                status_code=200 if ok else 503,
+                response_headers={"Content-Type": "text/plain"},
+                response_body=f"body {i} \u00e9",
+                error_kind=None,
+                error_message=None,
+            ),
+            status="delivered" if ok else "pending",
+            next_attempt_at=None if ok else now_ms() + 60_000,
+            failures=0 if ok else 1,
+            format_index=0,
+            success=ok,
+        )
+
+    await asyncio.gather(*[store.record(outcome(i, c.delivery_id)) for i, c in enumerate(claimed)])
+    await store.writer.run(lambda c: c.set_trace_callback(None))
+    assert len(statements) < 40, statements
+    check = sqlite3.connect(store.path)
+    counts = dict(check.execute("SELECT status, COUNT(*) FROM deliveries GROUP BY status"))
+    assert counts == {"delivered": 200, "pending": 100}
+    by_id = {c.delivery_id: i for i, c in enumerate(claimed)}
+    rows = check.execute(
+        "SELECT delivery_id, number, duration_ms, status_code, request_headers, "
+        "response_body FROM attempts"
+    ).fetchall()
+    assert len(rows) == 300
+    for delivery_id, number, duration, code, headers, body in rows:
+        i = by_id[delivery_id]
+        assert (number, duration, code) == (1, i, 200 if i % 3 else 503)
+        assert orjson.loads(headers) == {"webhook-id": f"evt_{i}", "X-Quote": 'a "b" \\ c'}
+        assert body == f"body {i} \u00e9"
+    pending = check.execute(
+        "SELECT failures, attempt_count, next_attempt_at > ? FROM deliveries "
+        "WHERE status='pending'",
+        (now_ms(),),
+    ).fetchall()
+    assert set(pending) == {(1, 1, 1)}
+    check.close()

@@ -21,6 +21,82 @@ if TYPE_CHECKING:
 log = logging.getLogger("webhookd.store")
 
 
+# Bulk writes are a few statements for the whole batch, not one step per row: the
+# sqlite3 module lets go of the GIL around every step and must take it back afterwards,
+# and while the event loop is busy that costs up to a thread switch interval per step
+# (the "convoy" effect). Rows travel as one JSON array (`json_each`), or, where a column
+# is a BLOB, as multi-row VALUES statements of a few fixed sizes (cached statements).
+_VALUE_CHUNKS = (256, 64, 16, 4, 1)
+
+
+@functools.lru_cache(maxsize=64)
+def json_columns(n: int, names: tuple[str, ...] = ()) -> str:
+    """`json_extract(value, '$[i]')` for i < n: the columns of one row of a JSON array of
+    arrays walked by json_each, optionally named."""
+    return ", ".join(
+        f"json_extract(value, '$[{i}]')" + (f" AS {names[i]}" if names else "") for i in range(n)
+    )
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, width: int, rows: int) -> str:
+    one = "(" + ",".join("?" * width) + ")"
+    return f"{head} VALUES {','.join([one] * rows)}"
+
+
+def insert_rows(
+    conn: sqlite3.Connection, head: str, width: int, rows: list[tuple[Any, ...]]
+) -> None:
+    """INSERT `rows` (each `width` values) with multi-row VALUES statements."""
+    i = 0
+    for size in _VALUE_CHUNKS:
+        while len(rows) - i >= size:
+            chunk = rows[i : i + size]
+            conn.execute(_values_sql(head, width, size), [v for row in chunk for v in row])
+            i += size
+
+
+INSERT_DELIVERIES = (
+    "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
+    f"next_attempt_at, created_at, updated_at) SELECT {json_columns(9)} FROM json_each(?)"
+)
+INSERT_ATTEMPTS = (
+    "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
+    "request_headers, status_code, response_headers, response_body, error_kind, "
+    f"error_message) SELECT {json_columns(12)} FROM json_each(?)"
+)
+# Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state. The `+`
+# keeps the planner on the id index (one lookup per outcome) instead of walking every
+# `delivering` row for each outcome.
+UPDATE_RECORDED = (
+    "UPDATE deliveries SET status=v.status, attempt_count=MAX(attempt_count, v.number), "
+    "failures=v.failures, format_index=v.format_index, next_attempt_at=v.next_at, "
+    "manual=0, resume_at=NULL, updated_at=? FROM (SELECT "
+    + json_columns(6, ("id", "status", "number", "failures", "format_index", "next_at"))
+    + " FROM json_each(?)) AS v WHERE deliveries.id=v.id AND +deliveries.status='delivering'"
+)
+SKIP_IF_DISABLED = (
+    "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, updated_at=? "
+    "WHERE id IN (SELECT value FROM json_each(?)) AND +status='pending' AND "
+    "endpoint_id IN (SELECT id FROM endpoints WHERE active=0)"
+)
+MARK_DELIVERING = (
+    "UPDATE deliveries SET status='delivering', updated_at=? "
+    "WHERE id IN (SELECT value FROM json_each(?))"
+)
+
+
+def claim_select(parts: Sequence[str]) -> str:
+    """Every delivery chosen by the `parts` (one SELECT of ids per endpoint) with its
+    event, as one row of JSON."""
+    return (
+        "SELECT json_group_array(json_array(d.id, d.endpoint_id, d.attempt_count, "
+        "d.failures, d.format_index, d.manual, d.resume_at, e.id, e.type, e.tenant, "
+        "hex(e.payload), e.deliver_at, e.created_at, e.seq)) FROM deliveries d "
+        "JOIN events e ON e.id=d.event_id WHERE d.id IN (" + " UNION ALL ".join(parts) + ")"
+    )
+
+
 def select_in(conn: sqlite3.Connection, sql: str, ids: Collection[str]) -> Iterator[Any]:
     """The rows of `sql`, whose `{marks}` stands for one `?` per id, asked 500 ids at a
     time (SQLite limits the number of parameters of one statement)."""
@@ -116,17 +192,14 @@ def publish_merged(
         delivery_rows += staged_deliveries
         outputs.append(results)
     if event_rows:
-        conn.executemany(
-            "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at) "
-            "VALUES (?,?,?,?,?,?,?)",
+        insert_rows(
+            conn,
+            "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at)",
+            7,
             event_rows,
         )
     if delivery_rows:
-        conn.executemany(
-            "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
-            "next_attempt_at, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            delivery_rows,
-        )
+        conn.execute(INSERT_DELIVERIES, (orjson.dumps(delivery_rows),))
     # Idempotent repeats report the delivery count of the original event.
     for out in outputs:
         if isinstance(out, list):
@@ -169,30 +242,16 @@ def record_merged(conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Outco
             )
         )
         updates.append(
-            (o.status, a.number, o.failures, o.format_index, o.next_attempt_at, now, o.delivery_id)
+            (o.delivery_id, o.status, a.number, o.failures, o.format_index, o.next_attempt_at)
         )
-    conn.executemany(
-        "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
-        "request_headers, status_code, response_headers, response_body, error_kind, "
-        "error_message) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-        attempts,
-    )
-    # Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state.
-    conn.executemany(
-        "UPDATE deliveries SET status=?, attempt_count=MAX(attempt_count, ?), failures=?, "
-        "format_index=?, next_attempt_at=?, manual=0, resume_at=NULL, updated_at=? "
-        "WHERE id=? AND status='delivering'",
-        updates,
-    )
+    conn.execute(INSERT_ATTEMPTS, (orjson.dumps(attempts),))
+    conn.execute(UPDATE_RECORDED, (now, orjson.dumps(updates)))
     endpoint_health(conn, store, [o for _, o in items], now)
     # An outcome decided just before another attempt disabled the endpoint must not leave
     # a delivery pending on a disabled endpoint.
-    conn.executemany(
-        "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, updated_at=? "
-        "WHERE id=? AND status='pending' AND endpoint_id IN "
-        "(SELECT id FROM endpoints WHERE active=0)",
-        [(now, o.delivery_id) for _, o in items if o.status == "pending"],
-    )
+    rescheduled = [o.delivery_id for _, o in items if o.status == "pending"]
+    if rescheduled:
+        conn.execute(SKIP_IF_DISABLED, (now, orjson.dumps(rescheduled)))
     return [None] * len(items)
 
 
