@@ -184,6 +184,19 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def runqueue_wait_s(pid: int) -> dict[int, float]:
+    """Seconds each thread of a live process spent runnable but waiting for a CPU."""
+    out: dict[int, float] = {}
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    out[int(tid)] = int(f.read().split()[1]) / 1e9
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
 def thread_cpu_s(pid: int) -> dict[int, float]:
     """CPU seconds per thread of a live process (the main thread's id is the pid)."""
     out: dict[int, float] = {}
@@ -382,6 +395,20 @@ class Daemon:
                 raise RuntimeError(f"{method} {path}: {r.status} {text[:500]}")
             return json.loads(text) if text else None
 
+    async def writer_s(self) -> tuple[float, float]:
+        """The database thread's seconds in transactions and in COMMIT, from /metrics."""
+        async with self.bench.http.get(self.base + "/metrics") as r:
+            text = await r.text()
+        values = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name.startswith("webhookd_store_"):
+                values[name] = float(value)
+        return (
+            values.get("webhookd_store_transaction_seconds_total", 0.0),
+            values.get("webhookd_store_commit_seconds_total", 0.0),
+        )
+
     async def endpoint(self, url: str, events: list[str], max_in_flight: int) -> str:
         ep = await self.api(
             "POST",
@@ -558,13 +585,29 @@ class Bench:
         await asyncio.sleep(max(0.0, deliver_at - time.time()))
         assert self.receiver is not None
         cpu0, rcpu0, t0 = d.cpu_s(), proc_cpu_s(self.receiver.pid) or 0, time.perf_counter()
+        threads0, writer0 = thread_cpu_s(d.pid), await d.writer_s()
+        queued0 = {**runqueue_wait_s(d.pid), **runqueue_wait_s(self.receiver.pid)}
         got = await self.wait_count(name, events, timeout_s=30 + events / 300)
         wall = time.perf_counter() - t0
         daemon_s = d.cpu_s() - cpu0
+        threads1, writer1 = thread_cpu_s(d.pid), await d.writer_s()
+        queued1 = {**runqueue_wait_s(d.pid), **runqueue_wait_s(self.receiver.pid)}
+        main_s = threads1.get(d.pid, 0.0) - threads0.get(d.pid, 0.0)
+        waited = {tid: s - queued0.get(tid, 0.0) for tid, s in queued1.items()}
+        daemon_waited = sum(s for tid, s in waited.items() if tid in threads1)
         receiver_s = (proc_cpu_s(self.receiver.pid) or 0) - rcpu0
         cpu = {
             "daemon_cpu": daemon_s / wall,
+            "daemon_main_thread_cpu": main_s / wall,
+            # How much of the time the one database writer was in a transaction, and
+            # committing (mostly the fsync).
+            "writer_busy": (writer1[0] - writer0[0]) / wall,
+            "writer_committing": (writer1[1] - writer0[1]) / wall,
             "receiver_cpu": receiver_s / wall,
+            # Runnable but waiting for a CPU (all threads; 1 = one thread all the time):
+            # above zero, the two cores are oversubscribed.
+            "daemon_runqueue_wait": daemon_waited / wall,
+            "receiver_runqueue_wait": waited.get(self.receiver.pid, 0.0) / wall,
             "daemon_us_per_delivery": daemon_s / max(got, 1) * 1e6,
             "receiver_us_per_request": receiver_s / max(got, 1) * 1e6,
         }
@@ -699,7 +742,11 @@ class Bench:
         self.samples.add("mem.3", r_mem.get("rss_max_mb"))
         log(
             f"  3  sustained: {st.get('steady_rate', 0):,.0f} deliveries/s "
-            f"(daemon {cpu['daemon_cpu']:.0%} CPU, receiver {cpu['receiver_cpu']:.0%}; "
+            f"(daemon {cpu['daemon_cpu']:.0%} CPU, main thread "
+            f"{cpu['daemon_main_thread_cpu']:.0%}, writer busy {cpu['writer_busy']:.0%} "
+            f"({cpu['writer_committing']:.0%} committing), "
+            f"receiver {cpu['receiver_cpu']:.0%}; waiting for a CPU: daemon "
+            f"{cpu['daemon_runqueue_wait']:.0%}, receiver {cpu['receiver_runqueue_wait']:.0%}; "
             f"{early} early)"
         )
 
