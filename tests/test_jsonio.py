@@ -55,3 +55,23 @@ json_values: Any = st.recursive(
 def test_round_trip_keeps_every_value(value: Any) -> None:
     doc = json.dumps(value).encode()
     assert repr(jsonio.loads(doc)) == repr(json.loads(doc))
+
+
+@pytest.mark.parametrize(
+    ("doc", "slow"),
+    [
+        (b'{"n":1234567890123456789}', True),  # 19 digits: may be beyond 64 bits
+        (b'{"n":-98765432109876543210}', True),
+        (b'{"f":0.12345678901234567890}', True),  # long fractions are checked too
+        (b'{"x":1e308}', True),  # 3-digit exponents: may be beyond the float range
+        (b'{"x":1E+308}', True),
+        (b'{"x":2e-308}', True),
+        (b'{"x":[1e30, -1234, 123456789012345678]}', False),  # 18 digits fit in 64 bits
+        (b'{"date":"2026-11-23","amount":-4200,"e":"Lyon"}', False),
+    ],
+)
+def test_which_documents_take_the_exact_path(doc: bytes, slow: bool) -> None:
+    """The fast parser is used only where it cannot differ from the standard library;
+    the answer is the standard library's either way."""
+    assert jsonio._needs_slow_path(doc) is slow
+    assert jsonio.loads(doc) == json.loads(doc)
