@@ -849,6 +849,29 @@ async def test_endpoint_that_never_answers_times_out(client: http1.Client) -> No
     assert 0.45 <= elapsed < 5
 
 
+async def test_each_open_request_times_out_at_its_own_deadline(client: http1.Client) -> None:
+    """Deadlines are checked for all open requests together: each still fails at its own
+    time, and a request that is answered in time is not touched."""
+
+    async def silent(peer: Peer) -> None:
+        await peer.request()
+        await peer.until_client_closes()
+
+    async def timed(url: str, timeout_s: float) -> tuple[str, float]:
+        started = time.monotonic()
+        failure = await fails(client, url, timeout_s=timeout_s)
+        return failure.kind, time.monotonic() - started
+
+    async with raw_server(silent) as server, web_server() as good:
+        short, long, answered = await asyncio.gather(
+            timed(server.url, 0.3), timed(server.url, 1.2), post(client, good.url, b"{}")
+        )
+    assert short[0] == long[0] == "timeout"
+    assert 0.3 <= short[1] < 1.0, short
+    assert 1.2 <= long[1] < 3.0, long
+    assert answered.status == 200
+
+
 async def test_head_arriving_too_slowly_times_out(client: http1.Client) -> None:
     async def slow_head(peer: Peer) -> None:
         await peer.request()

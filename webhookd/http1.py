@@ -43,6 +43,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8190
 KEEPALIVE_S = 15.0
 MAX_IDLE = 256  # kept-alive connections over all origins
+SWEEP_S = 0.05  # how often open requests are checked against their deadline
 
 _TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
@@ -143,6 +144,8 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.policy: AddressPolicy | None = None
         self.waiter: asyncio.Future[Answer] | None = None
+        self.deadline = 0.0  # loop time; checked by Client._sweep while a request is open
+        self.deadline_message = ""
         self._buf = bytearray()
         self._scanned = 0  # where the search for the end of the head or trailers resumes
         self._state = _DONE
@@ -461,6 +464,7 @@ class Client:
         self._idle_count = 0
         self._idle: dict[tuple[bool, str, int], list[_Conn]] = {}
         self._busy: set[_Conn] = set()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._last_sweep = time.monotonic()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -539,8 +543,11 @@ class Client:
         conn.start(waiter, keep, discard)
         transport = conn.transport
         assert transport is not None
+        conn.deadline = deadline
+        conn.deadline_message = message
         self._busy.add(conn)
-        timer = loop.call_at(deadline, conn.timed_out, message)
+        if self._sweeper is None:
+            self._sweeper = loop.call_later(SWEEP_S, self._check_deadlines)
         try:
             transport.write(b"".join((t.request_line, head, b"\r\n", body)))
             answer = await waiter
@@ -548,11 +555,23 @@ class Client:
             conn.keep_alive = False
             raise
         finally:
-            timer.cancel()
             conn.waiter = None
             self._busy.discard(conn)
             self._release(conn)
         return answer
+
+    def _check_deadlines(self) -> None:
+        """Fail the open requests whose deadline has passed. One periodic check for all
+        of them costs less than a timer per request (a timer is created and cancelled
+        for every delivery, and nearly all of them never fire)."""
+        self._sweeper = None
+        if not self._busy or self._loop is None:
+            return
+        now = self._loop.time()
+        for conn in [c for c in self._busy if c.deadline <= now]:
+            conn.timed_out(conn.deadline_message)
+        if self._busy and not self._closed:
+            self._sweeper = self._loop.call_later(SWEEP_S, self._check_deadlines)
 
     def _take_idle(self, key: tuple[bool, str, int]) -> _Conn | None:
         conns = self._idle.get(key)
@@ -651,6 +670,9 @@ class Client:
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conns in self._idle.values():
             for conn in conns:
                 self._close(conn)
