@@ -184,31 +184,32 @@ def proc_cpu_s(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def runqueue_wait_s(pid: int) -> dict[int, float]:
-    """Seconds each thread of a live process spent runnable but waiting for a CPU."""
+def _per_thread(pid: int, name: str, value: Callable[[str], float]) -> dict[int, float]:
+    """`value` of /proc/PID/task/TID/`name`, for each thread of a live process."""
     out: dict[int, float] = {}
     with contextlib.suppress(OSError):
         for tid in os.listdir(f"/proc/{pid}/task"):
             try:
-                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                    out[int(tid)] = int(f.read().split()[1]) / 1e9
+                with open(f"/proc/{pid}/task/{tid}/{name}") as f:
+                    out[int(tid)] = value(f.read())
             except (OSError, IndexError, ValueError):
                 continue
     return out
 
 
+def _stat_cpu_s(text: str) -> float:
+    fields = text.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def runqueue_wait_s(pid: int) -> dict[int, float]:
+    """Seconds each thread of a live process spent runnable but waiting for a CPU."""
+    return _per_thread(pid, "schedstat", lambda text: int(text.split()[1]) / 1e9)
+
+
 def thread_cpu_s(pid: int) -> dict[int, float]:
     """CPU seconds per thread of a live process (the main thread's id is the pid)."""
-    out: dict[int, float] = {}
-    with contextlib.suppress(OSError):
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                with open(f"/proc/{pid}/task/{tid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            out[int(tid)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return out
+    return _per_thread(pid, "stat", _stat_cpu_s)
 
 
 class Processes:

@@ -144,7 +144,7 @@ class _Conn(asyncio.Protocol):
         self.idle_since = 0.0
         self.policy: AddressPolicy | None = None
         self.waiter: asyncio.Future[Answer] | None = None
-        self.deadline = 0.0  # loop time; checked by Client._sweep while a request is open
+        self.deadline = 0.0  # loop time; checked by Client._check_deadlines while a request is open
         self.deadline_message = ""
         self._buf = bytearray()
         self._scanned = 0  # where the search for the end of the head or trailers resumes

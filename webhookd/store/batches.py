@@ -29,7 +29,6 @@ log = logging.getLogger("webhookd.store")
 _VALUE_CHUNKS = (256, 64, 16, 4, 1)
 
 
-@functools.lru_cache(maxsize=64)
 def json_columns(n: int, names: tuple[str, ...] = ()) -> str:
     """`json_extract(value, '$[i]')` for i < n: the columns of one row of a JSON array of
     arrays walked by json_each, optionally named."""

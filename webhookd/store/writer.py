@@ -160,19 +160,16 @@ class Writer:
         conn = self._conn
         assert conn is not None
         self._after = []
-        results: list[tuple[_Job, Any, BaseException | None]] = []
         started = time.perf_counter()
         try:
-            return self._transaction(conn, batch, results)
+            return self._transaction(conn, batch)
         finally:
             self.busy_s += time.perf_counter() - started
 
     def _transaction(
-        self,
-        conn: sqlite3.Connection,
-        batch: list[_Job],
-        results: list[tuple[_Job, Any, BaseException | None]],
+        self, conn: sqlite3.Connection, batch: list[_Job]
     ) -> tuple[list[tuple[_Job, Any, BaseException | None]], list[Callable[[], None]]]:
+        results: list[tuple[_Job, Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             merged: dict[MergedFn, list[_Job]] = {}
