@@ -58,6 +58,7 @@ import contextlib
 import ctypes
 import datetime as dt
 import json
+import math
 import os
 import platform
 import resource
@@ -396,19 +397,39 @@ class Daemon:
                 raise RuntimeError(f"{method} {path}: {r.status} {text[:500]}")
             return json.loads(text) if text else None
 
-    async def writer_s(self) -> tuple[float, float]:
-        """The database thread's seconds in transactions and in COMMIT, from /metrics."""
+    async def metrics(self) -> dict[str, float]:
+        """The daemon's /metrics samples, by name with labels."""
         async with self.bench.http.get(self.base + "/metrics") as r:
             text = await r.text()
         values = {}
         for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name.startswith("webhookd_store_"):
+            if line.startswith("webhookd_"):
+                name, _, value = line.rpartition(" ")
                 values[name] = float(value)
+        return values
+
+    async def writer_s(self) -> tuple[float, float]:
+        """The database thread's seconds in transactions and in COMMIT, from /metrics."""
+        values = await self.metrics()
         return (
             values.get("webhookd_store_transaction_seconds_total", 0.0),
-            values.get("webhookd_store_commit_seconds_total", 0.0),
+            values.get("webhookd_store_commit_seconds_sum", 0.0),
         )
+
+    async def slow_commits(self, over_s: float = 0.025) -> tuple[int, str]:
+        """How many commits took longer than `over_s`, and the bound of the slowest one's
+        bucket (from the commit duration histogram)."""
+        values = await self.metrics()
+        prefix = 'webhookd_store_commit_seconds_bucket{le="'
+        buckets = sorted(
+            (math.inf if k[len(prefix) : -2] == "+Inf" else float(k[len(prefix) : -2]), v)
+            for k, v in values.items()
+            if k.startswith(prefix)
+        )
+        total = values.get("webhookd_store_commit_seconds_count", 0.0)
+        within = max((v for b, v in buckets if b <= over_s), default=0.0)
+        slowest = next((b for b, v in buckets if v >= total), math.inf)
+        return int(total - within), "+Inf" if slowest == math.inf else f"{slowest * 1000:g} ms"
 
     async def endpoint(self, url: str, events: list[str], max_in_flight: int) -> str:
         ep = await self.api(
@@ -848,11 +869,14 @@ class Bench:
             await self.wait_count(name, int(r["ok"]), timeout_s=30)
             st = await self.stats(name, skip_s=1.0)
             await self.forget(name)
+            slow, slowest = await d.slow_commits()
         finally:
             r_mem = await d.stop()
         detail = {
             **st,
             **r_mem,
+            "commits_over_25ms": slow,
+            "slowest_commit_bucket": slowest,
             "publish_p50_ms": r["latency_p50_ms"],
             "publish_p99_ms": r["latency_p99_ms"],
             "send_lag_p99_ms": r["send_lag_p99_ms"],
@@ -864,7 +888,8 @@ class Bench:
         log(
             f"  6  latency p50 {st.get('latency_p50_ms', 0):.1f} ms, "
             f"p99 {st.get('latency_p99_ms', 0):.1f} ms ({st.get('latency_count')} events, "
-            f"publish answer p50 {r['latency_p50_ms']:.1f} ms)"
+            f"publish answer p50 {r['latency_p50_ms']:.1f} ms, p99 {r['latency_p99_ms']:.1f} ms; "
+            f"{slow} commits over 25 ms, slowest up to {slowest})"
         )
 
     async def isolation(self, run: int, with_dead: bool) -> None:

@@ -259,8 +259,12 @@ async def test_metrics(make_daemon: Any, make_receiver: Any) -> None:
     transactions = _metric(text, "webhookd_store_transactions_total")
     assert transactions >= 3
     busy = _metric(text, "webhookd_store_transaction_seconds_total")
-    committing = _metric(text, "webhookd_store_commit_seconds_total")
+    committing = _metric(text, "webhookd_store_commit_seconds_sum")
     assert 0 < committing <= busy < 30
+    # Every commit is counted in the duration histogram, once per transaction.
+    assert _metric(text, "webhookd_store_commit_seconds_count") == transactions
+    assert 'webhookd_store_commit_seconds_bucket{le="+Inf"} ' + f"{transactions}" in text
+    assert "# TYPE webhookd_store_commit_seconds histogram" in text
 
 
 async def test_metrics_auth_is_configurable(make_daemon: Any) -> None:

@@ -23,6 +23,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from webhookd.store.models import Claimed, Endpoint, Outcome
+from webhookd.store.writer import COMMIT_BUCKETS
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
@@ -69,7 +70,11 @@ class _PerAttempt(Collector):
         # The database writer's counters, copied in at scrape time.
         self.transactions = 0
         self.transaction_s = 0.0
-        self.commit_s = 0.0
+        self.commit = _Histogram(
+            "webhookd_store_commit_seconds",
+            "Duration of each COMMIT of a write transaction (mostly waiting for the disk to sync).",
+            COMMIT_BUCKETS,
+        )
         self.attempts: dict[tuple[str, str], int] = {}
         self.finished: dict[str, int] = {}
         self.duration = _Histogram(
@@ -114,11 +119,7 @@ class _PerAttempt(Collector):
             "the one writer is (1 = always).",
             self.transaction_s,
         )
-        yield CounterMetricFamily(
-            "webhookd_store_commit_seconds",
-            "Of that, time spent committing (mostly waiting for the disk to sync).",
-            self.commit_s,
-        )
+        yield self.commit.family()
 
 
 class Metrics:
@@ -172,7 +173,8 @@ class Metrics:
             per = self.per_attempt
             per.transactions = writer.commits
             per.transaction_s = writer.busy_s
-            per.commit_s = writer.commit_s
+            per.commit.counts = list(writer.commit_counts)
+            per.commit.sum = writer.commit_s
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

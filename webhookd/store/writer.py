@@ -17,6 +17,7 @@ when the database has.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
 import sqlite3
@@ -34,6 +35,7 @@ log = logging.getLogger("webhookd.store")
 JobFn = Callable[[sqlite3.Connection], Any]
 MergedFn = Callable[[sqlite3.Connection, list[Any]], list[Any]]
 MAX_BATCH = 1024
+COMMIT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 @dataclass
@@ -61,6 +63,9 @@ class Writer:
         # the fsync): how busy the one writer is, for /metrics.
         self.busy_s = 0.0
         self.commit_s = 0.0
+        # How long each COMMIT took, counted per bucket of COMMIT_BUCKETS (the last count
+        # is everything slower): a disk whose fsync stalls shows here first.
+        self.commit_counts = [0] * (len(COMMIT_BUCKETS) + 1)
 
     async def start(self, setup: Callable[[sqlite3.Connection], None] | None = None) -> None:
         """Open the connection in the database thread, run `setup` (migrations) there."""
@@ -198,7 +203,9 @@ class Writer:
                     results.append((job, None if err else out, err))
             committing = time.perf_counter()
             conn.execute("COMMIT")
-            self.commit_s += time.perf_counter() - committing
+            took = time.perf_counter() - committing
+            self.commit_s += took
+            self.commit_counts[bisect.bisect_left(COMMIT_BUCKETS, took)] += 1
             self.commits += 1
             self.healthy = True
             return results, self._after
