@@ -6,6 +6,10 @@ requests are open and when its next pending delivery is due. The backlog itself 
 disk; claims ask the store for at most as many deliveries as an endpoint has free slots,
 so one slow or dead endpoint holds only its own slots and never delays the others.
 Publishing wakes the loop; otherwise it sleeps until the earliest due time.
+
+An endpoint with free slots and nothing due offers them to publishing (store/handoff.py):
+a delivery published then is inserted already claimed and handed over when its publish
+commits, so its request starts without a claim transaction of its own.
 """
 
 from __future__ import annotations
@@ -89,6 +93,7 @@ class Dispatcher:
         for endpoint_id, at in due.items():
             self._state(endpoint_id).next_due = at
         self._event_loop = asyncio.get_running_loop()
+        self.store.offers.receiver = self._handed_over
         self._loop_task = asyncio.create_task(self._run(), name="webhookd-dispatcher")
 
     @property
@@ -123,6 +128,7 @@ class Dispatcher:
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; let open requests finish within `grace_s`; give the rest back."""
         self._stopping = True
+        self.store.offers.close(self._handed_over)
         self._wake.set()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -175,8 +181,11 @@ class Dispatcher:
         if len(self._tasks) >= RECORDING_FACTOR * self.config.workers:
             free = 0
         wants: dict[str, int] = {}
+        offers: dict[str, int] = {}
+        offered = 0
         wake_at: float | None = None
         endpoints = self.store.endpoints
+        offers_store = self.store.offers
         for endpoint_id, st in list(self._states.items()):
             ep = endpoints.get(endpoint_id)
             if ep is None:
@@ -185,11 +194,19 @@ class Dispatcher:
                 continue
             if not ep.active and st.ready:
                 self._start_ready(endpoint_id)  # they are skipped, not sent
-            if not ep.active or st.next_due is None:
+            if not ep.active:
                 continue
             limit = self._limit(ep)
             prefetch = 0 if ep.ordered or ep.rate_limit_per_s else limit
             room = limit + prefetch - st.in_flight - len(st.ready)
+            if st.next_due is None or st.next_due > now:
+                # Nothing of this endpoint is due: what is published for it now may come
+                # straight here, within the free workers (see store/handoff.py).
+                if prefetch and room > 0 and offered < free:
+                    offers[endpoint_id] = n = min(room, free - offered)
+                    offered += n
+                if st.next_due is None:
+                    continue
             if room <= 0 or len(st.ready) >= limit:
                 continue
             due: float = st.next_due
@@ -200,6 +217,7 @@ class Dispatcher:
                 wake_at = due if wake_at is None else min(wake_at, due)
                 continue
             wants[endpoint_id] = room
+        offers_store.replace(offers)
         if free <= 0:
             return {}, None
         if sum(wants.values()) > free:
@@ -272,6 +290,17 @@ class Dispatcher:
             touched.add(c.endpoint_id)
         for endpoint_id in touched:
             self._start_ready(endpoint_id)
+
+    def _handed_over(self, claimed: list[Claimed]) -> None:
+        """Deliveries a publish transaction claimed for us has just committed."""
+        touched: set[str] = set()
+        for c in claimed:
+            self._state(c.endpoint_id).ready.append(c)
+            self._queued += 1
+            touched.add(c.endpoint_id)
+        for endpoint_id in touched:
+            self._start_ready(endpoint_id)
+        self._wake.set()
 
     def _start_ready(self, endpoint_id: str) -> None:
         """Start claimed deliveries of this endpoint while it and the pool have room."""

@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from webhookd.ids import new_id
-from webhookd.store.models import Conflict, Event, NewEvent, Outcome, PublishResult
+from webhookd.store.models import (
+    Claimed,
+    Conflict,
+    Endpoint,
+    Event,
+    NewEvent,
+    Outcome,
+    PublishResult,
+)
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
@@ -121,75 +129,72 @@ def publish_merged(
     ):
         existing[r[0]] = (Event(*r[:7]), r[7])
     event_rows: list[tuple[Any, ...]] = []
-    delivery_rows: list[tuple[Any, ...]] = []
+    delivery_rows: list[list[Any]] = []
     outputs: list[Any] = []
     existing_counts: dict[str, int] = {}
-    for _, evs in items:
-        results: list[PublishResult] = []
-        staged_events: list[tuple[Any, ...]] = []
-        staged_deliveries: list[tuple[Any, ...]] = []
-        staged_existing: dict[str, tuple[Event, bytes | None]] = {}
-        conflict: Conflict | None = None
-        for index, ev in enumerate(evs):
-            prior = existing.get(ev.id) or staged_existing.get(ev.id)
-            if prior is not None:
-                if prior[1] != ev.body_hash:
-                    where = f" (events[{index}])" if len(evs) > 1 else ""
-                    conflict = Conflict(
-                        f"event id {ev.id}{where} was already used with a different body"
-                    )
-                    break
-                results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
+    handed: list[Claimed] = []
+    try:
+        for _, evs in items:
+            results: list[PublishResult] = []
+            staged_events: list[tuple[Any, ...]] = []
+            staged_deliveries: list[list[Any]] = []
+            # Per new event: its result, and (endpoint, due, row) of each pending delivery.
+            staged_due: list[tuple[PublishResult, list[tuple[Endpoint, int, list[Any]]]]] = []
+            staged_existing: dict[str, tuple[Event, bytes | None]] = {}
+            conflict: Conflict | None = None
+            for index, ev in enumerate(evs):
+                prior = existing.get(ev.id) or staged_existing.get(ev.id)
+                if prior is not None:
+                    if prior[1] != ev.body_hash:
+                        where = f" (events[{index}])" if len(evs) > 1 else ""
+                        conflict = Conflict(
+                            f"event id {ev.id}{where} was already used with a different body"
+                        )
+                        break
+                    results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
+                    continue
+                event = Event(
+                    id=ev.id,
+                    type=ev.type,
+                    tenant=ev.tenant,
+                    payload_json=ev.payload_json,
+                    deliver_at=ev.deliver_at,
+                    created_at=now,
+                )
+                staged_existing[ev.id] = (event, ev.body_hash)
+                staged_events.append(
+                    (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+                )
+                ids: list[str] = []
+                pending: list[tuple[Endpoint, int, list[Any]]] = []
+                for ep in store._fan_out(ev):
+                    delivery_id = new_id("dlv")
+                    ids.append(delivery_id)
+                    due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
+                    row = [delivery_id, ev.id, ev.type, ep.id, ev.tenant, "skipped", None, now, now]
+                    if ep.active:
+                        row[5], row[6] = "pending", due
+                        pending.append((ep, due, row))
+                    staged_deliveries.append(row)
+                result = PublishResult(
+                    event=event, deliveries=len(ids), created=True, delivery_ids=tuple(ids)
+                )
+                results.append(result)
+                staged_due.append((result, pending))
+            if conflict is not None:
+                outputs.append(conflict)
                 continue
-            event = Event(
-                id=ev.id,
-                type=ev.type,
-                tenant=ev.tenant,
-                payload_json=ev.payload_json,
-                deliver_at=ev.deliver_at,
-                created_at=now,
-            )
-            staged_existing[ev.id] = (event, ev.body_hash)
-            staged_events.append(
-                (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
-            )
-            ids: list[str] = []
-            due_list: list[tuple[str, int]] = []
-            for ep in store._fan_out(ev):
-                delivery_id = new_id("dlv")
-                ids.append(delivery_id)
-                due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
-                status = "pending" if ep.active else "skipped"
-                if ep.active:
-                    due_list.append((ep.id, due))
-                delivery_rows_entry = (
-                    delivery_id,
-                    ev.id,
-                    ev.type,
-                    ep.id,
-                    ev.tenant,
-                    status,
-                    due if status == "pending" else None,
-                    now,
-                    now,
-                )
-                staged_deliveries.append(delivery_rows_entry)
-            results.append(
-                PublishResult(
-                    event=event,
-                    deliveries=len(ids),
-                    created=True,
-                    delivery_ids=tuple(ids),
-                    due=tuple(due_list),
-                )
-            )
-        if conflict is not None:
-            outputs.append(conflict)
-            continue
-        existing.update(staged_existing)
-        event_rows += staged_events
-        delivery_rows += staged_deliveries
-        outputs.append(results)
+            for result, pending in staged_due:
+                result.due = tuple(_hand_over(store, now, result.event, pending, handed))
+            existing.update(staged_existing)
+            event_rows += staged_events
+            delivery_rows += staged_deliveries
+            outputs.append(results)
+    finally:
+        # Registered even if this call fails half way: then the savepoint's rollback
+        # settles the slots taken so far.
+        if handed:
+            _after_hand_over(store, handed)
     if event_rows:
         insert_rows(
             conn,
@@ -214,6 +219,41 @@ def publish_merged(
                         event=res.event, deliveries=existing_counts[eid], created=False
                     )
     return outputs
+
+
+def _hand_over(
+    store: SQLiteStore,
+    now: int,
+    event: Event,
+    pending: list[tuple[Endpoint, int, list[Any]]],
+    handed: list[Claimed],
+) -> Iterator[tuple[str, int]]:
+    """Mark the deliveries of `pending` that the dispatcher has room for as `delivering`
+    (into `handed`); yield (endpoint id, due) of the others, for the dispatcher to claim."""
+    offers = store.offers
+    for ep, due, row in pending:
+        if due <= now and not ep.ordered and not ep.rate_limit_per_s and offers.take(ep.id):
+            row[5] = "delivering"
+            handed.append(Claimed(row[0], ep.id, event, 0, 0, 0, False, None, False))
+        else:
+            yield ep.id, due
+
+
+def _after_hand_over(store: SQLiteStore, handed: list[Claimed]) -> None:
+    counts: dict[str, int] = {}
+    for c in handed:
+        counts[c.endpoint_id] = counts.get(c.endpoint_id, 0) + 1
+    offers = store.offers
+
+    def committed() -> None:
+        offers.settle(counts)
+        receiver = offers.receiver
+        if receiver is not None:
+            receiver(handed)
+        # Else the dispatcher stopped meanwhile: the deliveries stay `delivering` and are
+        # requeued at the next start, as after a crash.
+
+    store._writer().after_commit(committed, on_rollback=lambda: offers.settle(counts))
 
 
 def record_merged(conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Outcome]]) -> list[Any]:

@@ -27,6 +27,7 @@ from webhookd.store.batches import (
     publish_merged,
     record_merged,
 )
+from webhookd.store.handoff import Offers
 from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
@@ -90,6 +91,8 @@ class SQLiteStore:
         self.writer: Writer | None = None
         self.endpoints: dict[str, Endpoint] = {}
         self.event_types: dict[str, EventType] = {}
+        # Free slots the dispatcher offers to publishing (see store/handoff.py).
+        self.offers = Offers()
 
     # --- lifecycle ------------------------------------------------------------------
 

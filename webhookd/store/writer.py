@@ -11,7 +11,7 @@ Jobs of one kind that can be merged (publishes, attempt outcomes) run as one cal
 whole batch; other jobs run one by one, each inside a SAVEPOINT so that one failing job
 rolls back only itself. A job may ask for a callback to run on the event loop once its
 transaction has committed (`after_commit`), for in-memory caches that must only change
-when the database has.
+when the database has, and for one to run instead if its work was rolled back.
 """
 
 from __future__ import annotations
@@ -53,7 +53,10 @@ class Writer:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhookd-db")
         self._queue: asyncio.Queue[_Job | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self._after: list[Callable[[], None]] = []
+        # Callbacks asked for by the jobs of the running transaction: (on commit, on
+        # rollback), and the rollback callbacks of jobs already rolled back to a savepoint.
+        self._after: list[tuple[Callable[[], None], Callable[[], None] | None]] = []
+        self._undone: list[Callable[[], None]] = []
         self._thread: threading.Thread | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
         self.healthy = True
@@ -113,9 +116,12 @@ class Writer:
             _Job(fn=None, future=self._loop().create_future(), item=item, merge=merge)
         )
 
-    def after_commit(self, callback: Callable[[], None]) -> None:
-        """From inside a job: run `callback` on the event loop once this batch commits."""
-        self._after.append(callback)
+    def after_commit(
+        self, callback: Callable[[], None], on_rollback: Callable[[], None] | None = None
+    ) -> None:
+        """From inside a job: run `callback` on the event loop once this batch commits, or
+        `on_rollback` if this job's work is rolled back instead."""
+        self._after.append((callback, on_rollback))
 
     async def _submit(self, job: _Job) -> Any:
         if self._task is None:
@@ -149,7 +155,7 @@ class Writer:
                 try:
                     callback()
                 except Exception:
-                    log.exception("after-commit callback failed")
+                    log.exception("after-transaction callback failed")
             for job, value, err in results:
                 if job.future.done():
                     continue
@@ -165,6 +171,7 @@ class Writer:
         conn = self._conn
         assert conn is not None
         self._after = []
+        self._undone = []
         started = time.perf_counter()
         try:
             return self._transaction(conn, batch)
@@ -208,7 +215,7 @@ class Writer:
             self.commit_counts[bisect.bisect_left(COMMIT_BUCKETS, took)] += 1
             self.commits += 1
             self.healthy = True
-            return results, self._after
+            return results, [done for done, _ in self._after] + self._undone
         except (sqlite3.Error, ValueError, OSError) as exc:
             # The transaction as a whole failed (disk full, I/O error, locked): every job
             # fails and nothing of it happened.
@@ -219,7 +226,8 @@ class Writer:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
             failure = StorageError(f"storage cannot write: {exc}")
-            return [(job, None, failure) for job in batch], []
+            undone = [undo for _, undo in self._after if undo is not None] + self._undone
+            return [(job, None, failure) for job in batch], undone
 
     def _guarded(self, conn: sqlite3.Connection, fn: JobFn) -> Any:
         mark = len(self._after)
@@ -231,6 +239,7 @@ class Writer:
         except Exception as exc:
             conn.execute("ROLLBACK TO job")
             conn.execute("RELEASE job")
+            self._undone += [undo for _, undo in self._after[mark:] if undo is not None]
             del self._after[mark:]
             return exc
         conn.execute("RELEASE job")
