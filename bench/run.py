@@ -12,7 +12,7 @@ receiver that never answers (receiver.py --dead), the baseline API
 (bench/trivial_api.py) and the load generator (bench/loadgen.py). Each figure is
 measured `--runs` times, interleaved (run 1 of every figure, then run 2, ...), and
 reported as the median with min-max; ratios are taken run by run against the baseline
-measured in the same run. Figures:
+measured in the same run, right before its figure (B, 4, 5, A, 3, 6, 8). Figures:
 
   A  baseline: a bare aiohttp client loop (64 concurrent, same body and headers as a
      delivery) to the receiver, requests/s
@@ -600,25 +600,32 @@ class Bench:
             raise RuntimeError(f"publishing did not finish within {timeout_s:.0f} s")
         return time.perf_counter() - t0
 
-    async def drain(
-        self, d: Daemon, name: str, events: int, deliver_at: float
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Wait for `events` arrivals of `name`; receiver stats and process CPU use."""
-        await asyncio.sleep(max(0.0, deliver_at - time.time()))
+    async def usage_start(self, d: Daemon) -> dict[str, Any]:
+        """Where the daemon's and the receiver's CPU counters stand now (see usage)."""
         assert self.receiver is not None
-        cpu0, rcpu0, t0 = d.cpu_s(), proc_cpu_s(self.receiver.pid) or 0, time.perf_counter()
-        threads0, writer0 = thread_cpu_s(d.pid), await d.writer_s()
-        queued0 = {**runqueue_wait_s(d.pid), **runqueue_wait_s(self.receiver.pid)}
-        got = await self.wait_count(name, events, timeout_s=30 + events / 300)
-        wall = time.perf_counter() - t0
-        daemon_s = d.cpu_s() - cpu0
+        return {
+            "cpu": d.cpu_s(),
+            "rcpu": proc_cpu_s(self.receiver.pid) or 0,
+            "t": time.perf_counter(),
+            "threads": thread_cpu_s(d.pid),
+            "writer": await d.writer_s(),
+            "queued": {**runqueue_wait_s(d.pid), **runqueue_wait_s(self.receiver.pid)},
+        }
+
+    async def usage(self, d: Daemon, u0: dict[str, Any], count: int) -> dict[str, Any]:
+        """CPU use of the daemon and the receiver since `usage_start`, for `count`
+        deliveries."""
+        assert self.receiver is not None
+        wall = time.perf_counter() - u0["t"]
+        daemon_s = d.cpu_s() - u0["cpu"]
         threads1, writer1 = thread_cpu_s(d.pid), await d.writer_s()
         queued1 = {**runqueue_wait_s(d.pid), **runqueue_wait_s(self.receiver.pid)}
+        threads0, writer0, queued0 = u0["threads"], u0["writer"], u0["queued"]
         main_s = threads1.get(d.pid, 0.0) - threads0.get(d.pid, 0.0)
         waited = {tid: s - queued0.get(tid, 0.0) for tid, s in queued1.items()}
         daemon_waited = sum(s for tid, s in waited.items() if tid in threads1)
-        receiver_s = (proc_cpu_s(self.receiver.pid) or 0) - rcpu0
-        cpu = {
+        receiver_s = (proc_cpu_s(self.receiver.pid) or 0) - u0["rcpu"]
+        return {
             "daemon_cpu": daemon_s / wall,
             "daemon_main_thread_cpu": main_s / wall,
             # How much of the time the one database writer was in a transaction, and
@@ -630,9 +637,18 @@ class Bench:
             # above zero, the two cores are oversubscribed.
             "daemon_runqueue_wait": daemon_waited / wall,
             "receiver_runqueue_wait": waited.get(self.receiver.pid, 0.0) / wall,
-            "daemon_us_per_delivery": daemon_s / max(got, 1) * 1e6,
-            "receiver_us_per_request": receiver_s / max(got, 1) * 1e6,
+            "daemon_us_per_delivery": daemon_s / max(count, 1) * 1e6,
+            "receiver_us_per_request": receiver_s / max(count, 1) * 1e6,
         }
+
+    async def drain(
+        self, d: Daemon, name: str, events: int, deliver_at: float
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Wait for `events` arrivals of `name`; receiver stats and process CPU use."""
+        await asyncio.sleep(max(0.0, deliver_at - time.time()))
+        u0 = await self.usage_start(d)
+        got = await self.wait_count(name, events, timeout_s=30 + events / 300)
+        cpu = await self.usage(d, u0, got)
         if got < events:
             log(f"  only {got}/{events} deliveries arrived in time")
         return await self.stats(name), cpu
@@ -764,12 +780,7 @@ class Bench:
         self.samples.add("mem.3", r_mem.get("rss_max_mb"))
         log(
             f"  3  sustained: {st.get('steady_rate', 0):,.0f} deliveries/s "
-            f"(daemon {cpu['daemon_cpu']:.0%} CPU, main thread "
-            f"{cpu['daemon_main_thread_cpu']:.0%}, writer busy {cpu['writer_busy']:.0%} "
-            f"({cpu['writer_committing']:.0%} committing), "
-            f"receiver {cpu['receiver_cpu']:.0%}; waiting for a CPU: daemon "
-            f"{cpu['daemon_runqueue_wait']:.0%}, receiver {cpu['receiver_runqueue_wait']:.0%}; "
-            f"{early} early)"
+            f"({describe_usage(cpu)}; {early} early)"
         )
 
     async def profile_publish(self, prefix: str) -> None:
@@ -993,22 +1004,30 @@ class Bench:
                 await asyncio.sleep(max(0.0, deliver_at - time.time()))
                 deadline = time.monotonic() + window + 60
                 first: float | None = None
+                u0: dict[str, Any] | None = None
                 while time.monotonic() < deadline:
                     st = await self.stats(name)
                     first = st.get("first")
+                    if first is not None and u0 is None:
+                        u0, count0 = await self.usage_start(d), await self.count(name)
                     if first is not None and time.time() > first + window + 0.3:
                         break
                     await asyncio.sleep(0.25)
+                cpu = {}
+                if u0 is not None:
+                    cpu = await self.usage(d, u0, await self.count(name) - count0)
                 st = await self.stats(name, window_s=window)
                 rate = st.get("window_count", 0) / window
                 r_mem = await d.stop()
                 delivered_total += st["count"]
-                self.samples.add("7.drain", rate, {**st, **r_mem, "pending_at_start": pending})
+                self.samples.add(
+                    "7.drain", rate, {**st, **r_mem, **cpu, "pending_at_start": pending}
+                )
                 self.samples.add("7.rss_drain", r_mem.get("rss_max_mb"))
                 log(
                     f"  7  drain run {run + 1}: {rate:,.0f} deliveries/s over the first "
                     f"{window:.0f} s, {pending:,} pending, "
-                    f"RSS max {r_mem.get('rss_max_mb', 0):.0f} MB"
+                    f"RSS max {r_mem.get('rss_max_mb', 0):.0f} MB; " + describe_usage(cpu)
                 )
         finally:
             await d.stop()
@@ -1066,6 +1085,18 @@ def summarize_profile(raw: str, top: int = 15) -> str:
 
 
 # --- report -----------------------------------------------------------------------------------
+
+
+def describe_usage(cpu: dict[str, Any]) -> str:
+    if not cpu:
+        return "no CPU figures"
+    return (
+        f"daemon {cpu['daemon_cpu']:.0%} CPU, {cpu['daemon_us_per_delivery']:.0f} us per "
+        f"delivery, main thread {cpu['daemon_main_thread_cpu']:.0%}, writer busy "
+        f"{cpu['writer_busy']:.0%} ({cpu['writer_committing']:.0%} committing), "
+        f"receiver {cpu['receiver_cpu']:.0%}; waiting for a CPU: daemon "
+        f"{cpu['daemon_runqueue_wait']:.0%}, receiver {cpu['receiver_runqueue_wait']:.0%}"
+    )
 
 
 def machine_cpu_s() -> tuple[float, float]:
@@ -1366,16 +1397,18 @@ async def main_async(args: argparse.Namespace, settings: Settings, tmp: Path) ->
             only = set((args.only or "A,B,3,4,5,6,7,8").upper().split(","))
             for run in range(settings.runs):
                 log(f"run {run + 1}/{settings.runs}")
-                if "A" in only:
-                    await b.baseline_a(run)
+                # Each baseline right before the figure it is the ratio's denominator for:
+                # the VM's speed drifts within minutes, so the pair is taken seconds apart.
                 if "B" in only:
                     await b.baseline_b(run)
-                if "5" in only:
-                    await b.batch_publish(run, with_endpoint=False)
-                    await b.batch_publish(run, with_endpoint=True)
                 if "4" in only:
                     await b.single_publish(run, with_endpoint=False)
                     await b.single_publish(run, with_endpoint=True)
+                if "5" in only:
+                    await b.batch_publish(run, with_endpoint=False)
+                    await b.batch_publish(run, with_endpoint=True)
+                if "A" in only:
+                    await b.baseline_a(run)
                 if "3" in only:
                     await b.sustained(run)
                 if "6" in only:
