@@ -730,12 +730,24 @@ class Bench:
             if with_endpoint:
                 await d.endpoint(f"{self.recv}/hook/{name}", ["bench.event"], WORKERS)
             cpu0 = d.cpu_s()
+            u0, m0 = await self.usage_start(d), await d.metrics()
             r = await self.loadgen(
                 d.base + "/v1/events",
                 "single",
                 extra=["--concurrency", str(PUBLISH_CLIENTS), "--expect", "202"],
             )
             r["daemon_us_per_request"] = (d.cpu_s() - cpu0) / max(r["answered"], 1) * 1e6
+            usage, m1 = await self.usage(d, u0, r["answered"]), await d.metrics()
+            commits = m1.get("webhookd_store_commit_seconds_count", 0) - m0.get(
+                "webhookd_store_commit_seconds_count", 0
+            )
+            committing = m1.get("webhookd_store_commit_seconds_sum", 0) - m0.get(
+                "webhookd_store_commit_seconds_sum", 0
+            )
+            r.update(usage)
+            r["transactions"] = commits
+            r["publishes_per_transaction"] = r["answered"] / max(commits, 1)
+            r["commit_ms_mean"] = committing / max(commits, 1) * 1000
             self.samples.add(f"cpu.{key}.daemon", r["daemon_us_per_request"])
             if with_endpoint:
                 delivered = await self.count(name)
@@ -747,7 +759,13 @@ class Bench:
             r_mem = await d.stop()
         self.samples.add(key, r["rate"], {**r, **r_mem})
         self.samples.add(f"mem.{key}", r_mem.get("rss_max_mb"))
-        log(f"  {key} single publish: {r['rate']:,.0f} req/s")
+        log(
+            f"  {key} single publish: {r['rate']:,.0f} req/s ({r['daemon_us_per_request']:.0f} "
+            f"us per publish, main thread {r['daemon_main_thread_cpu']:.0%}, writer busy "
+            f"{r['writer_busy']:.0%}, {r['publishes_per_transaction']:.1f} publishes per "
+            f"transaction, commit {r['commit_ms_mean']:.2f} ms on average; waiting for a CPU: "
+            f"daemon {r['daemon_runqueue_wait']:.0%})"
+        )
 
     async def sustained(self, run: int, *, events: int | None = None, profile: str = "") -> None:
         n = events or self.s.sustained_events
