@@ -491,6 +491,52 @@ async def web_server(
         await runner.cleanup()
 
 
+async def test_a_repeated_head_is_parsed_once_and_answers_stay_independent(
+    client: http1.Client,
+) -> None:
+    http1._HEADS.clear()
+    response = b"HTTP/1.1 201 Created\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 2\r\n\r\nok"
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+    async with raw_server(each(response)) as server:
+        first = await post(client, server.url)
+        assert len(http1._HEADS) == 1
+        first.headers["X-A"] = "changed by the first caller"
+        second = await post(client, server.url)
+        third = await post(client, server.url)
+    expected = http1.Answer(201, {"X-A": "1, 2", "Content-Length": "2"}, b"ok", False)
+    assert second == expected and third == expected
+    assert second.headers is not third.headers
+    assert server.connections == 1  # kept alive from the cached head as well
+    # A head that closes the connection closes it again when it comes from the cache.
+    async with raw_server(each(closing)) as server:
+        for _ in range(3):
+            assert (await post(client, server.url)).status == 200
+    assert server.connections == 3
+
+
+async def test_the_head_cache_is_bounded(client: http1.Client) -> None:
+    http1._HEADS.clear()
+    count = 0
+
+    async def handler(peer: Peer) -> None:
+        nonlocal count
+        while await peer.request() is not None:
+            count += 1
+            # Every head differs; one is too long to be kept at all.
+            pad = b"x" * (http1.MAX_CACHED_HEAD if count == 1 else 0)
+            await peer.send(
+                b"HTTP/1.1 200 OK\r\nX-N: %d%s\r\nContent-Length: 0\r\n\r\n" % (count, pad)
+            )
+
+    async with raw_server(handler) as server:
+        first = await post(client, server.url)
+        assert first.headers["X-N"].startswith("1x") and not http1._HEADS
+        for i in range(2, http1.MAX_CACHED_HEADS + 20):
+            answer = await post(client, server.url)
+            assert answer.headers["X-N"] == str(i)
+            assert 0 < len(http1._HEADS) <= http1.MAX_CACHED_HEADS
+
+
 async def test_sequential_requests_reuse_one_connection(client: http1.Client) -> None:
     async with web_server() as server:
         for i in range(5):

@@ -51,6 +51,11 @@ _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: " + _TEXT + rb")?
 _LINE = _TOKEN + rb":" + _TEXT  # one header line: "name: value"
 _LINE_RE = re.compile(_LINE)
 # Header lines after the status line, joined by LF: "name: value" each, nothing else.
+# Heads already parsed, by their bytes (CRLF turned to LF): whether HTTP/1.1, the status,
+# the headers and the framing headers. Only short heads, and emptied when full.
+_HEADS: dict[bytes, tuple[bytes, int, dict[str, str], dict[str, str]]] = {}
+MAX_CACHED_HEAD = 2048
+MAX_CACHED_HEADS = 512
 _BLOCK_RE = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
@@ -305,6 +310,11 @@ class _Conn(asyncio.Protocol):
         # per line cost twice as much per response.
         if b"\r" in head:
             head = head.replace(b"\r\n", b"\n")  # a stray CR is left, and refused below
+        cached = _HEADS.get(head)
+        if cached is not None:
+            # The same head as an earlier answer (an endpoint answers alike, except for its
+            # Date header once a second): already validated and split.
+            return self._head_parsed(cached[0], cached[1], dict(cached[2]), cached[3])
         nl = head.find(b"\n")
         first = head if nl < 0 else head[:nl]
         m = _STATUS_RE.fullmatch(first)
@@ -334,6 +344,17 @@ class _Conn(asyncio.Protocol):
                 key = name.lower()
                 if key in _FRAMING:
                     lower[key] = f"{lower[key]}, {value}" if key in lower else value
+        if len(head) <= MAX_CACHED_HEAD:
+            if len(_HEADS) >= MAX_CACHED_HEADS:
+                _HEADS.clear()
+            _HEADS[head] = (m[1], status, headers, lower)
+            headers = dict(headers)
+        return self._head_parsed(m[1], status, headers, lower)
+
+    def _head_parsed(
+        self, minor: bytes, status: int, headers: dict[str, str], lower: dict[str, str]
+    ) -> bool:
+        """Act on a valid head: `lower` holds the framing headers by lower-case name."""
         if status < 200:
             if status == 101:
                 self._invalid("the endpoint switched protocols")
@@ -342,7 +363,7 @@ class _Conn(asyncio.Protocol):
         self._status = status
         self._headers = headers
         connection = lower.get("connection", "").lower()
-        self.keep_alive = m[1] == b"1" and "close" not in connection
+        self.keep_alive = minor == b"1" and "close" not in connection
         if status in (204, 304):
             self._finish(False)
             return True
