@@ -15,11 +15,48 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import yaml
 from aiohttp import web
 
+from webhookd.ids import new_id
+from webhookd.store.models import NewEvent
+from webhookd.store.sqlite import SQLiteStore
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- a store on a real file, without a daemon ---------------------------------------------
+
+
+def new_event(
+    n: int = 0,
+    event_type: str = "order.created",
+    *,
+    payload: bytes | None = None,
+    deliver_at: int | None = None,
+) -> NewEvent:
+    """An event to publish straight to a store: payload {"n": n} unless given."""
+    return NewEvent(
+        id=new_id("evt"),
+        type=event_type,
+        tenant=None,
+        payload_json=orjson.dumps({"n": n}) if payload is None else payload,
+        body_hash=None,
+        deliver_at=deliver_at,
+    )
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(str(tmp_path / "t.db"))
+    await s.open()
+    await s.sync_event_types([])
+    try:
+        yield s
+    finally:
+        await s.close()
 
 
 async def wait_until(

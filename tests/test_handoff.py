@@ -4,36 +4,13 @@ claimed inside the publish transaction, so the first attempt needs no claim of i
 from __future__ import annotations
 
 import sqlite3
-from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
 
-from tests.conftest import Daemon, Receiver, wait_until
-from webhookd.ids import new_id
+from tests.conftest import Daemon, Receiver, new_event, wait_until
 from webhookd.store.models import Claimed, NewEvent, StorageError
 from webhookd.store.sqlite import SQLiteStore
-
-
-def new_event(payload: bytes = b'{"n":1}', deliver_at: int | None = None) -> NewEvent:
-    return NewEvent(
-        id=new_id("evt"),
-        type="order.created",
-        tenant=None,
-        payload_json=payload,
-        body_hash=None,
-        deliver_at=deliver_at,
-    )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> Any:
-    s = SQLiteStore(str(tmp_path / "t.db"))
-    await s.open()
-    await s.sync_event_types([])
-    yield s
-    await s.close()
 
 
 def statuses(store: SQLiteStore) -> dict[str, str]:
@@ -50,7 +27,7 @@ async def test_offered_slots_are_claimed_in_the_publish_transaction(store: SQLit
     store.offers.receiver = received.extend
     store.offers.replace({ep.id: 2})
     payload = '{"amount": 12.50, "name": "Zoë"}'.encode()
-    results = await store.publish([new_event(payload), new_event(), new_event()])
+    results = await store.publish([new_event(payload=payload), new_event(), new_event()])
     # Two slots offered: two deliveries arrive claimed, with the exact payload bytes; the
     # third is pending and reported as due, for the dispatcher to claim.
     assert [c.delivery_id for c in received] == [

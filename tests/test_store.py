@@ -7,32 +7,12 @@ import sqlite3
 from pathlib import Path
 
 import orjson
-import pytest
 
+from tests.conftest import new_event
 from webhookd.ids import new_id
 from webhookd.store.models import NewEvent
 from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms
-
-
-def new_event(n: int = 0, event_type: str = "order.created") -> NewEvent:
-    return NewEvent(
-        id=new_id("evt"),
-        type=event_type,
-        tenant=None,
-        payload_json=orjson.dumps({"n": n}),
-        body_hash=None,
-        deliver_at=None,
-    )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> SQLiteStore:
-    s = SQLiteStore(str(tmp_path / "t.db"))
-    await s.open()
-    await s.sync_event_types([])
-    yield s  # type: ignore[misc]
-    await s.close()
 
 
 async def test_pragmas_and_schema_version(store: SQLiteStore) -> None:
