@@ -246,3 +246,7 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     store.refresh_endpoint_health(ep.id, active=False)
     d._wants(now)
     assert offered(store, ep.id) == 0
+    # Stopping withdraws the dispatcher as the receiver of hand-overs.
+    store.offers.receiver = d._handed_over
+    store.offers.close(d._handed_over)
+    assert store.offers.receiver is None

@@ -51,12 +51,12 @@ _STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: " + _TEXT + rb")?
 _LINE = _TOKEN + rb":" + _TEXT  # one header line: "name: value"
 _LINE_RE = re.compile(_LINE)
 # Header lines after the status line, joined by LF: "name: value" each, nothing else.
+_BLOCK_RE = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)
 # Heads already parsed, by their bytes (CRLF turned to LF): whether HTTP/1.1, the status,
 # the headers and the framing headers. Only short heads, and emptied when full.
 _HEADS: dict[bytes, tuple[bytes, int, dict[str, str], dict[str, str]]] = {}
 MAX_CACHED_HEAD = 2048
 MAX_CACHED_HEADS = 512
-_BLOCK_RE = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)
 _FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
 _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # ASCII digits only: str.isdigit and int() also take other Unicode digits, and int() refuses

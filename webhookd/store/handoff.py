@@ -49,7 +49,8 @@ class Offers:
         """No more offers (the dispatcher stops); what is in transit still settles."""
         with self._lock:
             self._open = {}
-            if receiver is None or receiver is self.receiver:
+            # == and not `is`: a bound method is a new object at every access.
+            if receiver is None or receiver == self.receiver:
                 self.receiver = None
 
     def in_transit(self, endpoint_id: str) -> int:
