@@ -7,6 +7,7 @@ import functools
 import logging
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -135,61 +136,16 @@ def publish_merged(
     handed: list[Claimed] = []
     try:
         for _, evs in items:
-            results: list[PublishResult] = []
-            staged_events: list[tuple[Any, ...]] = []
-            staged_deliveries: list[list[Any]] = []
-            # Per new event: its result, and (endpoint, due, row) of each pending delivery.
-            staged_due: list[tuple[PublishResult, list[tuple[Endpoint, int, list[Any]]]]] = []
-            staged_existing: dict[str, tuple[Event, bytes | None]] = {}
-            conflict: Conflict | None = None
-            for index, ev in enumerate(evs):
-                prior = existing.get(ev.id) or staged_existing.get(ev.id)
-                if prior is not None:
-                    if prior[1] != ev.body_hash:
-                        where = f" (events[{index}])" if len(evs) > 1 else ""
-                        conflict = Conflict(
-                            f"event id {ev.id}{where} was already used with a different body"
-                        )
-                        break
-                    results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
-                    continue
-                event = Event(
-                    id=ev.id,
-                    type=ev.type,
-                    tenant=ev.tenant,
-                    payload_json=ev.payload_json,
-                    deliver_at=ev.deliver_at,
-                    created_at=now,
-                )
-                staged_existing[ev.id] = (event, ev.body_hash)
-                staged_events.append(
-                    (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
-                )
-                ids: list[str] = []
-                pending: list[tuple[Endpoint, int, list[Any]]] = []
-                for ep in store._fan_out(ev):
-                    delivery_id = new_id("dlv")
-                    ids.append(delivery_id)
-                    due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
-                    row = [delivery_id, ev.id, ev.type, ep.id, ev.tenant, "skipped", None, now, now]
-                    if ep.active:
-                        row[5], row[6] = "pending", due
-                        pending.append((ep, due, row))
-                    staged_deliveries.append(row)
-                result = PublishResult(
-                    event=event, deliveries=len(ids), created=True, delivery_ids=tuple(ids)
-                )
-                results.append(result)
-                staged_due.append((result, pending))
-            if conflict is not None:
-                outputs.append(conflict)
+            staged = _stage(store, now, evs, existing)
+            if isinstance(staged, Conflict):
+                outputs.append(staged)
                 continue
-            for result, pending in staged_due:
+            for result, pending in staged.due:
                 result.due = tuple(_hand_over(store, now, result.event, pending, handed))
-            existing.update(staged_existing)
-            event_rows += staged_events
-            delivery_rows += staged_deliveries
-            outputs.append(results)
+            existing.update(staged.existing)
+            event_rows += staged.event_rows
+            delivery_rows += staged.delivery_rows
+            outputs.append(staged.results)
     finally:
         # Registered even if this call fails half way: then the savepoint's rollback
         # settles the slots taken so far.
@@ -219,6 +175,67 @@ def publish_merged(
                         event=res.event, deliveries=existing_counts[eid], created=False
                     )
     return outputs
+
+
+@dataclass(slots=True)
+class _Staged:
+    """One publish call's events and deliveries, ready to insert."""
+
+    results: list[PublishResult] = field(default_factory=list)
+    event_rows: list[tuple[Any, ...]] = field(default_factory=list)
+    delivery_rows: list[list[Any]] = field(default_factory=list)
+    # Per new event: its result, and (endpoint, due, row) of each pending delivery.
+    due: list[tuple[PublishResult, list[tuple[Endpoint, int, list[Any]]]]] = field(
+        default_factory=list
+    )
+    existing: dict[str, tuple[Event, bytes | None]] = field(default_factory=dict)
+
+
+def _stage(
+    store: SQLiteStore,
+    now: int,
+    evs: Sequence[NewEvent],
+    existing: dict[str, tuple[Event, bytes | None]],
+) -> _Staged | Conflict:
+    """The rows of one publish call, or the Conflict that refuses all of it."""
+    staged = _Staged()
+    for index, ev in enumerate(evs):
+        prior = existing.get(ev.id) or staged.existing.get(ev.id)
+        if prior is not None:
+            if prior[1] != ev.body_hash:
+                where = f" (events[{index}])" if len(evs) > 1 else ""
+                return Conflict(f"event id {ev.id}{where} was already used with a different body")
+            staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
+            continue
+        event = Event(
+            id=ev.id,
+            type=ev.type,
+            tenant=ev.tenant,
+            payload_json=ev.payload_json,
+            deliver_at=ev.deliver_at,
+            created_at=now,
+        )
+        staged.existing[ev.id] = (event, ev.body_hash)
+        staged.event_rows.append(
+            (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+        )
+        ids: list[str] = []
+        pending: list[tuple[Endpoint, int, list[Any]]] = []
+        for ep in store._fan_out(ev):
+            delivery_id = new_id("dlv")
+            ids.append(delivery_id)
+            due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
+            row = [delivery_id, ev.id, ev.type, ep.id, ev.tenant, "skipped", None, now, now]
+            if ep.active:
+                row[5], row[6] = "pending", due
+                pending.append((ep, due, row))
+            staged.delivery_rows.append(row)
+        result = PublishResult(
+            event=event, deliveries=len(ids), created=True, delivery_ids=tuple(ids)
+        )
+        staged.results.append(result)
+        staged.due.append((result, pending))
+    return staged
 
 
 def _hand_over(
