@@ -408,12 +408,14 @@ class Daemon:
                 values[name] = float(value)
         return values
 
-    async def writer_s(self) -> tuple[float, float]:
-        """The database thread's seconds in transactions and in COMMIT, from /metrics."""
+    async def writer_s(self) -> tuple[float, float, float]:
+        """The database thread's seconds in transactions and in COMMIT, and how many
+        commits, from /metrics."""
         values = await self.metrics()
         return (
             values.get("webhookd_store_transaction_seconds_total", 0.0),
             values.get("webhookd_store_commit_seconds_sum", 0.0),
+            values.get("webhookd_store_commit_seconds_count", 0.0),
         )
 
     async def slow_commits(self, over_s: float = 0.025) -> tuple[int, str]:
@@ -625,6 +627,7 @@ class Bench:
         waited = {tid: s - queued0.get(tid, 0.0) for tid, s in queued1.items()}
         daemon_waited = sum(s for tid, s in waited.items() if tid in threads1)
         receiver_s = (proc_cpu_s(self.receiver.pid) or 0) - u0["rcpu"]
+        commits = writer1[2] - writer0[2]
         return {
             "daemon_cpu": daemon_s / wall,
             "daemon_main_thread_cpu": main_s / wall,
@@ -632,6 +635,8 @@ class Bench:
             # committing (mostly the fsync).
             "writer_busy": (writer1[0] - writer0[0]) / wall,
             "writer_committing": (writer1[1] - writer0[1]) / wall,
+            "transactions": commits,
+            "commit_ms_mean": (writer1[1] - writer0[1]) / max(commits, 1) * 1000,
             "receiver_cpu": receiver_s / wall,
             # Runnable but waiting for a CPU (all threads; 1 = one thread all the time):
             # above zero, the two cores are oversubscribed.
@@ -729,25 +734,15 @@ class Bench:
         try:
             if with_endpoint:
                 await d.endpoint(f"{self.recv}/hook/{name}", ["bench.event"], WORKERS)
-            cpu0 = d.cpu_s()
-            u0, m0 = await self.usage_start(d), await d.metrics()
+            u0 = await self.usage_start(d)
             r = await self.loadgen(
                 d.base + "/v1/events",
                 "single",
                 extra=["--concurrency", str(PUBLISH_CLIENTS), "--expect", "202"],
             )
-            r["daemon_us_per_request"] = (d.cpu_s() - cpu0) / max(r["answered"], 1) * 1e6
-            usage, m1 = await self.usage(d, u0, r["answered"]), await d.metrics()
-            commits = m1.get("webhookd_store_commit_seconds_count", 0) - m0.get(
-                "webhookd_store_commit_seconds_count", 0
-            )
-            committing = m1.get("webhookd_store_commit_seconds_sum", 0) - m0.get(
-                "webhookd_store_commit_seconds_sum", 0
-            )
-            r.update(usage)
-            r["transactions"] = commits
-            r["publishes_per_transaction"] = r["answered"] / max(commits, 1)
-            r["commit_ms_mean"] = committing / max(commits, 1) * 1000
+            r.update(await self.usage(d, u0, r["answered"]))
+            r["daemon_us_per_request"] = r["daemon_us_per_delivery"]  # one publish each here
+            r["publishes_per_transaction"] = r["answered"] / max(r["transactions"], 1)
             self.samples.add(f"cpu.{key}.daemon", r["daemon_us_per_request"])
             if with_endpoint:
                 delivered = await self.count(name)
