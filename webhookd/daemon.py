@@ -25,6 +25,7 @@ from aiohttp import web
 from webhookd import __version__, http1, logs
 from webhookd.api import create_app
 from webhookd.api.context import State
+from webhookd.api.fastlane import FastLane
 from webhookd.config import Config, ConfigError, load_config
 from webhookd.dispatcher import Dispatcher
 from webhookd.metrics import Metrics
@@ -38,6 +39,10 @@ from webhookd.store.sqlite import SQLiteStore
 log = logging.getLogger("webhookd")
 
 RESTART_ONLY = ("listen", "database")
+LISTEN_BACKLOG = 128
+# How long stopping waits for publishes being stored to be answered (as aiohttp's
+# shutdown_timeout for the requests it serves).
+API_SHUTDOWN_S = 5.0
 
 
 class StartupError(Exception):
@@ -60,6 +65,8 @@ class Daemon:
         self.retention = Retention(self.store, lambda: self.config.retention.days)
         self._retention_task: asyncio.Task[None] | None = None
         self.runner: web.AppRunner | None = None
+        self.lane: FastLane | None = None
+        self.listener: asyncio.Server | None = None
         self.policy = AddressPolicy(config.security.allow_networks)
         self._stop = asyncio.Event()
         self._reload = asyncio.Event()
@@ -99,20 +106,32 @@ class Daemon:
         app = create_app(self.state)
         self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self.runner.setup()
+        assert self.runner.server is not None
+        # The listening sockets take connections into the fast lane, which hands every
+        # request but a plain publish to aiohttp's server (see webhookd.api.fastlane).
+        self.lane = FastLane(self.state, self.runner.server)
         address = cfg.listen_address
-        site: web.BaseSite
-        if address.unix_path is not None:
-            Path(address.unix_path).parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(address.unix_path)
-            site = web.UnixSite(self.runner, address.unix_path)
-        else:
-            site = web.TCPSite(self.runner, address.host, address.port, reuse_address=True)
+        loop = asyncio.get_running_loop()
         try:
-            await site.start()
+            if address.unix_path is not None:
+                Path(address.unix_path).parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(address.unix_path)
+                self.listener = await loop.create_unix_server(
+                    self.lane, address.unix_path, backlog=LISTEN_BACKLOG
+                )
+            else:
+                assert address.port is not None
+                self.listener = await loop.create_server(
+                    self.lane,
+                    address.host,
+                    address.port,
+                    reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
+                )
         except OSError as exc:
             raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
-        self.bound = [_describe(s) for s in (self.runner.addresses or [])]
+        self.bound = [_describe(s.getsockname()) for s in self.listener.sockets]
         # Everything allocated so far lives as long as the process: keep it out of the
         # collector's way, and collect the young generation less often (each delivery
         # allocates many short-lived objects that reference counting frees anyway).
@@ -220,6 +239,10 @@ class Daemon:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self.listener is not None:
+            self.listener.close()
+        if self.lane is not None:
+            await self.lane.shutdown(API_SHUTDOWN_S)
         if self.runner is not None:
             await self.runner.cleanup()
         if self.dispatcher is not None:

@@ -10,6 +10,7 @@ from webhookd import metrics
 from webhookd.api import deliveries, endpoints, events, openapi, ops
 from webhookd.api.context import STATE, State
 from webhookd.api.errors import ApiError, Handler, error_for
+from webhookd.config import ApiKey, Config
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
 
@@ -22,8 +23,12 @@ def authenticate(request: web.Request) -> None:
     path = request.path
     if path in PUBLIC_PATHS or (path == "/metrics" and not config.metrics.require_auth):
         return
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    request["api_key"] = find_key(config, request.headers.get("Authorization", ""))
+
+
+def find_key(config: Config, authorization: str) -> ApiKey:
+    """The configured API key an Authorization header presents; a 401 ApiError if none."""
+    scheme, _, token = authorization.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise ApiError(
             401,
@@ -42,7 +47,7 @@ def authenticate(request: web.Request) -> None:
             "the API key is not valid",
             headers={"WWW-Authenticate": 'Bearer realm="webhookd", error="invalid_token"'},
         )
-    request["api_key"] = match
+    return match
 
 
 @web.middleware

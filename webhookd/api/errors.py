@@ -79,25 +79,37 @@ def error_response(err: ApiError) -> web.Response:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+def api_error(exc: Exception) -> ApiError | None:
+    """The API error an exception from a handler or the store stands for, or None when it
+    is not one of ours (then it is a bug, or an HTTP exception of aiohttp's)."""
+    if isinstance(exc, ApiError):
+        return exc
+    if isinstance(exc, NotFound):
+        return ApiError(404, str(exc))
+    if isinstance(exc, Conflict):
+        return ApiError(409, str(exc))
+    if isinstance(exc, StorageError):
+        log.exception("storage error", extra={"event": "storage_error"})
+        return ApiError(
+            503, "storage cannot write right now; retry later", headers={"Retry-After": "5"}
+        )
+    return None
+
+
+def internal_error(path: str) -> ApiError:
+    """For an unexpected exception (call it from the except block, so that it is logged
+    with its traceback)."""
+    log.exception("unhandled error", extra={"event": "internal_error", "path": path})
+    return ApiError(500, "internal error; the server log has the details")
+
+
 def error_for(request: web.Request, exc: Exception) -> web.StreamResponse:
     """The error answer for an exception a handler raised (call it from the except block,
     so that an unexpected error is logged with its traceback). Re-raises HTTP exceptions
     below 400, which aiohttp sends as they are."""
-    if isinstance(exc, ApiError):
-        return error_response(exc)
-    if isinstance(exc, NotFound):
-        return error_response(ApiError(404, str(exc)))
-    if isinstance(exc, Conflict):
-        return error_response(ApiError(409, str(exc)))
-    if isinstance(exc, StorageError):
-        log.exception("storage error", extra={"event": "storage_error"})
-        return error_response(
-            ApiError(
-                503,
-                "storage cannot write right now; retry later",
-                headers={"Retry-After": "5"},
-            )
-        )
+    err = api_error(exc)
+    if err is not None:
+        return error_response(err)
     if isinstance(exc, web.HTTPRequestEntityTooLarge):
         return error_response(ApiError(413, "the request body is too large"))
     if isinstance(exc, web.HTTPException):
@@ -109,5 +121,4 @@ def error_for(request: web.Request, exc: Exception) -> web.StreamResponse:
         }.get(exc.status, exc.reason)
         headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
         return error_response(ApiError(exc.status, message, headers=headers))
-    log.exception("unhandled error", extra={"event": "internal_error", "path": request.path})
-    return error_response(ApiError(500, "internal error; the server log has the details"))
+    return error_response(internal_error(request.path))

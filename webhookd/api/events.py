@@ -9,7 +9,14 @@ from aiohttp import web
 
 from webhookd import jsonio
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter, visible_to
+from webhookd.api.context import (
+    ANY_TENANT,
+    State,
+    scope,
+    state,
+    tenant_filter,
+    visible_to,
+)
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
     Problems,
@@ -39,13 +46,16 @@ ENVELOPE_SLACK = 65536
 def _check_event(
     body: Any,
     loc: tuple[str | int, ...],
-    request: web.Request,
+    st: State,
+    limited: Any,
     problems: Problems,
     *,
     id_header: str | None,
     too_large: list[tuple[tuple[str | int, ...], int]],
 ) -> NewEvent | None:
-    st = state(request)
+    """The event one publish describes, or None with its problems added. `limited` is
+    the tenant the caller's key is limited to (ANY_TENANT if none); a key publishing to
+    another tenant raises 403."""
     if not isinstance(body, dict):
         problems.add(loc, "expected a JSON object with type and payload")
         return None
@@ -71,7 +81,6 @@ def _check_event(
     tenant = body.get("tenant")
     if tenant is not None and (not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant)):
         problems.add((*loc, "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
-    limited = scope(request)
     if limited is not ANY_TENANT:
         if "tenant" in body and tenant != limited:
             raise ApiError(403, f"this API key may only publish to tenant {limited!r}")
@@ -118,14 +127,36 @@ def _raise_too_large(request: web.Request, too_large: list[tuple[Any, int]]) -> 
         )
 
 
-def _notify(request: web.Request, results: list[PublishResult]) -> None:
-    counter = state(request).extra.get("metrics")
+def _notify(st: State, results: list[PublishResult]) -> None:
+    counter = st.extra.get("metrics")
     if counter is not None:
         counter.published(sum(1 for r in results if r.created))
-    dispatcher = state(request).dispatcher
+    dispatcher = st.dispatcher
     if dispatcher is not None:
         for res in results:
             dispatcher.notify_many(res.due)
+
+
+def valid_event(body: Any, st: State, limited: Any, id_header: str | None) -> NewEvent | None:
+    """The event of a single publish whose body passes every check, or None when it does
+    not (a 403 included): the caller then leaves the answer to `publish`, which explains."""
+    problems = Problems()
+    too_large: list[tuple[Any, int]] = []
+    try:
+        ev = _check_event(
+            body, ("body",), st, limited, problems, id_header=id_header, too_large=too_large
+        )
+    except ApiError:
+        return None
+    return None if problems.items or too_large else ev
+
+
+async def commit_one(st: State, ev: NewEvent) -> tuple[int, dict[str, Any]]:
+    """Store one checked event: the answer's status (202 if new, 200 if it existed) and
+    body."""
+    [res] = await st.store.publish([ev])
+    _notify(st, [res])
+    return (202 if res.created else 200), serialize.publish_result(res)
 
 
 async def publish(request: web.Request) -> web.Response:
@@ -137,7 +168,8 @@ async def publish(request: web.Request) -> web.Response:
     ev = _check_event(
         body,
         ("body",),
-        request,
+        st,
+        scope(request),
         problems,
         id_header=request.headers.get("Idempotency-Key"),
         too_large=too_large,
@@ -145,9 +177,8 @@ async def publish(request: web.Request) -> web.Response:
     problems.raise_if_any()
     _raise_too_large(request, too_large)
     assert ev is not None
-    [res] = await st.store.publish([ev])
-    _notify(request, [res])
-    return json_response(serialize.publish_result(res), 202 if res.created else 200)
+    status, answer = await commit_one(st, ev)
+    return json_response(answer, status)
 
 
 async def publish_batch(request: web.Request) -> web.Response:
@@ -165,9 +196,10 @@ async def publish_batch(request: web.Request) -> web.Response:
             [{"loc": ["body", "events"], "msg": f"expected at most {MAX_BATCH_EVENTS} events"}]
         )
     too_large: list[tuple[Any, int]] = []
+    limited = scope(request)
     checked = [
         _check_event(
-            e, ("body", "events", i), request, problems, id_header=None, too_large=too_large
+            e, ("body", "events", i), st, limited, problems, id_header=None, too_large=too_large
         )
         for i, e in enumerate(events)
     ]
@@ -187,7 +219,7 @@ async def publish_batch(request: web.Request) -> web.Response:
         seen.setdefault(e.id, i)
     problems.raise_if_any()
     results = await st.store.publish([e for e in checked if e is not None])
-    _notify(request, results)
+    _notify(st, results)
     status = 202 if any(r.created for r in results) else 200
     return json_response({"data": [serialize.publish_result(r) for r in results]}, status)
 
