@@ -34,7 +34,8 @@ log = logging.getLogger("webhookd.store")
 # sqlite3 module lets go of the GIL around every step and must take it back afterwards,
 # and while the event loop is busy that costs up to a thread switch interval per step
 # (the "convoy" effect). Rows travel as one JSON array (`json_each`), or, where a column
-# is a BLOB, as multi-row VALUES statements of a few fixed sizes (cached statements).
+# is a BLOB or a row is long, as multi-row VALUES statements of a few fixed sizes
+# (cached statements).
 _VALUE_CHUNKS = (256, 64, 16, 4, 1)
 
 
@@ -53,7 +54,7 @@ def _values_sql(head: str, width: int, rows: int) -> str:
 
 
 def insert_rows(
-    conn: sqlite3.Connection, head: str, width: int, rows: list[tuple[Any, ...]]
+    conn: sqlite3.Connection, head: str, width: int, rows: Sequence[Sequence[Any]]
 ) -> None:
     """INSERT `rows` (each `width` values) with multi-row VALUES statements."""
     i = 0
@@ -64,14 +65,17 @@ def insert_rows(
             i += size
 
 
+# Inserted with multi-row VALUES, not json_each: SQLite (before JSONB) parses a row's
+# JSON text again for every column it extracts. An attempt row carries two header
+# documents: 4 us per attempt instead of 11 here, and a delivery row 10 % less CPU.
 INSERT_DELIVERIES = (
     "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
-    f"next_attempt_at, created_at, updated_at) SELECT {json_columns(9)} FROM json_each(?)"
+    "next_attempt_at, created_at, updated_at)"
 )
 INSERT_ATTEMPTS = (
     "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
     "request_headers, status_code, response_headers, response_body, error_kind, "
-    f"error_message) SELECT {json_columns(12)} FROM json_each(?)"
+    "error_message)"
 )
 # Guarded: a delivery cancelled meanwhile (endpoint deleted) keeps its state. The `+`
 # keeps the planner on the id index (one lookup per outcome) instead of walking every
@@ -159,7 +163,7 @@ def publish_merged(
             event_rows,
         )
     if delivery_rows:
-        conn.execute(INSERT_DELIVERIES, (orjson.dumps(delivery_rows),))
+        insert_rows(conn, INSERT_DELIVERIES, 9, delivery_rows)
     # Idempotent repeats report the delivery count of the original event.
     for out in outputs:
         if isinstance(out, list):
@@ -300,7 +304,7 @@ def record_merged(conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Outco
         updates.append(
             (o.delivery_id, o.status, a.number, o.failures, o.format_index, o.next_attempt_at)
         )
-    conn.execute(INSERT_ATTEMPTS, (orjson.dumps(attempts),))
+    insert_rows(conn, INSERT_ATTEMPTS, 12, attempts)
     conn.execute(UPDATE_RECORDED, (now, orjson.dumps(updates)))
     endpoint_health(conn, store, [o for _, o in items], now)
     # An outcome decided just before another attempt disabled the endpoint must not leave
