@@ -348,14 +348,7 @@ async def test_shutdown_answers_the_publish_being_stored_then_closes(served: Ser
         await idle.send(publish(EVENT))
         assert (await idle.answer()).status == 202
         # Hold the store's writer so that the next publish is being stored at shutdown.
-        started, release = threading.Event(), threading.Event()
-
-        def hold(_conn: Any) -> None:
-            started.set()
-            release.wait(10)
-
-        held = asyncio.ensure_future(served.store._writer().run(hold))
-        await wait_until(started.is_set, 10, "the writer to be held")
+        release, held = await hold_writer(served.store)
         await busy.send(publish({**EVENT, "id": "during-shutdown"}))
         await wait_until(lambda: any(c.busy for c in served.lane.connections), 10, "busy")
         stopping = asyncio.ensure_future(served.lane.shutdown(10))
@@ -386,3 +379,49 @@ async def test_a_pipeline_larger_than_the_buffer_is_answered_in_order(served: Se
         await conn.close()
     assert [a.json["id"] for a in answers] == [f"big-{i}" for i in range(count)]
     assert served.lane.published == count
+
+
+@pytest.fixture
+async def served_large(tmp_path: Path) -> AsyncIterator[Served]:
+    async for s in _serve(tmp_path, {"limits": {"max_payload_bytes": 4 * MAX_BUFFER}}):
+        yield s
+
+
+async def hold_writer(store: SQLiteStore) -> tuple[threading.Event, asyncio.Future[Any]]:
+    """Keep the store's writer busy until the returned event is set: publishes sent
+    meanwhile are being stored. Returns the event and the holding job."""
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_conn: Any) -> None:
+        started.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(store._writer().run(hold))
+    await wait_until(started.is_set, 10, "the writer to be held")
+    return release, held
+
+
+async def test_a_request_larger_than_the_buffer_behind_a_stored_one(
+    served_large: Served,
+) -> None:
+    # Reading pauses while a publish is stored and more than MAX_BUFFER bytes wait; the
+    # next request is larger than that, so reading must resume to get the rest of it.
+    s = served_large
+    release, held = await hold_writer(s.store)
+    conn = await Conn.open(s.lane_port)
+    try:
+        big = publish({**EVENT, "id": "big", "payload": {"pad": "x" * (2 * MAX_BUFFER)}})
+        await conn.send(publish({**EVENT, "id": "first"}))
+        await wait_until(lambda: any(c.busy for c in s.lane.connections), 10, "busy")
+        writing = asyncio.ensure_future(conn.send(big))
+        await wait_until(
+            lambda: any(c._read_paused for c in s.lane.connections), 10, "reading paused"
+        )
+        release.set()
+        await held
+        answers = [await conn.answer(), await conn.answer()]
+        await writing
+    finally:
+        await conn.close()
+    assert [(a.status, a.json["id"]) for a in answers] == [(202, "first"), (202, "big")]
+    assert (s.lane.published, s.lane.handed_off) == (2, 0)

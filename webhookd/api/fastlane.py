@@ -202,31 +202,51 @@ class _Connection(asyncio.Protocol):
         to aiohttp if it is something else; wait if it is not all here yet."""
         buf = self.buf
         if not buf:
+            self._read_more()
             return
         if not buf.startswith(REQUEST_LINE):
             if len(buf) >= len(REQUEST_LINE) or not REQUEST_LINE.startswith(buf):
                 self._hand_off()
+            else:
+                self._read_more()
             return
         end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
         if end < 0:
             if len(buf) >= MAX_HEAD or buf.count(b"\n") != buf.count(b"\r\n"):
                 self._hand_off()
+            else:
+                self._read_more()
             return
-        taken = self._plain(buf, end)
+        try:
+            taken = self._plain(buf, end)
+        except Exception:
+            taken = None  # whatever it is, aiohttp answers it
         if taken is None:
             self._hand_off()
             return
         start, length, authorization, id_header = taken
         if len(buf) < start + length:
-            return  # the rest of the body is on its way
+            self._read_more()  # the rest of the body is on its way
+            return
         raw = buf[start : start + length]
-        ev = self._event(raw, authorization, id_header)
+        try:
+            ev = self._event(raw, authorization, id_header)
+        except Exception:
+            ev = None
         if ev is None:
             self._hand_off()
             return
         self.buf = buf[start + length :]
         self.busy = True
         self.task = asyncio.get_running_loop().create_task(self._publish(ev))
+
+    def _read_more(self) -> None:
+        """The next request is not all here: make sure the transport is reading (it may
+        have been paused while a publish was stored and more than MAX_BUFFER waited)."""
+        if self._read_paused:
+            self._read_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
 
     def _plain(self, buf: bytes, end: int) -> tuple[int, int, str, str | None] | None:
         """(where the body starts, its length, the Authorization and Idempotency-Key
