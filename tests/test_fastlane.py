@@ -425,3 +425,20 @@ async def test_a_request_larger_than_the_buffer_behind_a_stored_one(
         await conn.close()
     assert [(a.status, a.json["id"]) for a in answers] == [(202, "first"), (202, "big")]
     assert (s.lane.published, s.lane.handed_off) == (2, 0)
+
+
+async def test_the_lane_on_a_unix_socket(served: Served, tmp_path: Path) -> None:
+    path = str(tmp_path / "api.sock")
+    server = await asyncio.get_running_loop().create_unix_server(served.lane, path)
+    try:
+        reader, writer = await asyncio.open_unix_connection(path)
+        conn = Conn(reader, writer)
+        try:
+            await conn.send(publish(EVENT) + b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answers = [await conn.answer(), await conn.answer()]
+        finally:
+            await conn.close()
+    finally:
+        server.close()
+    assert [a.status for a in answers] == [202, 200]
+    assert (served.lane.published, served.lane.handed_off) == (1, 1)
