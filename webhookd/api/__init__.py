@@ -8,7 +8,7 @@ from aiohttp import web
 
 from webhookd import metrics
 from webhookd.api import deliveries, endpoints, events, openapi, ops
-from webhookd.api.context import STATE, State
+from webhookd.api.context import API_KEY, STATE, State
 from webhookd.api.errors import ApiError, Handler, error_for
 from webhookd.config import ApiKey, Config
 
@@ -23,7 +23,7 @@ def authenticate(request: web.Request) -> None:
     path = request.path
     if path in PUBLIC_PATHS or (path == "/metrics" and not config.metrics.require_auth):
         return
-    request["api_key"] = find_key(config, request.headers.get("Authorization", ""))
+    request[API_KEY] = find_key(config, request.headers.get("Authorization", ""))
 
 
 def find_key(config: Config, authorization: str) -> ApiKey:

@@ -25,6 +25,11 @@ class State:
 
 
 STATE: web.AppKey[State] = web.AppKey("webhookd_state", State)
+# Where a request keeps the API key it presented: a typed key where aiohttp has them
+# (a plain string key makes newer aiohttp warn on every process's first request).
+API_KEY: Any = (
+    web.RequestKey("webhookd_api_key", ApiKey) if hasattr(web, "RequestKey") else "api_key"
+)
 ANY_TENANT: Any = ...
 
 
@@ -33,7 +38,7 @@ def state(request: web.Request) -> State:
 
 
 def api_key(request: web.Request) -> ApiKey | None:
-    key: ApiKey | None = request.get("api_key")
+    key: ApiKey | None = request.get(API_KEY)
     return key
 
 
