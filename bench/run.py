@@ -179,10 +179,9 @@ def proc_cpu_s(pid: int) -> float | None:
     """User + system CPU seconds of a live process."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
+            return _stat_cpu_s(f.read())
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _per_thread(pid: int, name: str, value: Callable[[str], float]) -> dict[int, float]:

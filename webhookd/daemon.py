@@ -40,8 +40,8 @@ log = logging.getLogger("webhookd")
 
 RESTART_ONLY = ("listen", "database")
 LISTEN_BACKLOG = 128
-# How long stopping waits for publishes being stored to be answered (as aiohttp's
-# shutdown_timeout for the requests it serves).
+# How long stopping waits for API requests in progress to be answered: those of the fast
+# lane and those aiohttp serves.
 API_SHUTDOWN_S = 5.0
 
 
@@ -104,7 +104,9 @@ class Daemon:
         self.state.dispatcher = self.dispatcher
         await self.dispatcher.start()
         app = create_app(self.state)
-        self.runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
+        self.runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=API_SHUTDOWN_S
+        )
         await self.runner.setup()
         assert self.runner.server is not None
         # The listening sockets take connections into the fast lane, which hands every

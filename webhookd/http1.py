@@ -45,10 +45,12 @@ KEEPALIVE_S = 15.0
 MAX_IDLE = 256  # kept-alive connections over all origins
 SWEEP_S = 0.05  # how often open requests are checked against their deadline
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
-_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: " + _TEXT + rb")?")
-_LINE = _TOKEN + rb":" + _TEXT  # one header line: "name: value"
+# The header grammar (also used by the API's fast lane): a field name, and a field value
+# without control characters but tab.
+TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
+TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
+_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: " + TEXT + rb")?")
+_LINE = TOKEN + rb":" + TEXT  # one header line: "name: value"
 _LINE_RE = re.compile(_LINE)
 # Header lines after the status line, joined by LF: "name: value" each, nothing else.
 _BLOCK_RE = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)

@@ -69,11 +69,15 @@ def json_response(
     )
 
 
-def error_response(err: ApiError) -> web.Response:
+def error_body(err: ApiError) -> dict[str, Any]:
     body: dict[str, Any] = {"error": err.code, "message": err.message}
     if err.detail is not None:
         body["detail"] = err.detail
-    return json_response(body, err.status, err.headers)
+    return body
+
+
+def error_response(err: ApiError) -> web.Response:
+    return json_response(error_body(err), err.status, err.headers)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

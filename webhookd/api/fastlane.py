@@ -38,8 +38,9 @@ from aiohttp.http import SERVER_SOFTWARE
 from webhookd import jsonio
 from webhookd.api import find_key
 from webhookd.api.context import ANY_TENANT, State
-from webhookd.api.errors import ApiError, api_error, internal_error
+from webhookd.api.errors import ApiError, api_error, error_body, internal_error
 from webhookd.api.events import ENVELOPE_SLACK, commit_one, valid_event
+from webhookd.http1 import TEXT, TOKEN
 
 REQUEST_LINE = b"POST /v1/events HTTP/1.1\r\n"
 MAX_HEAD = 8192
@@ -50,10 +51,8 @@ MAX_BUFFER = 1 << 20
 KEEPALIVE_S = 75.0
 SWEEP_S = 10.0
 
-_TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"  # no control characters but tab
 # The header lines after the request line: "name: value" each, CRLF between them.
-_HEADERS_RE = re.compile(rb"(?:" + _TOKEN + rb":" + _TEXT + rb"\r\n)+")
+_HEADERS_RE = re.compile(rb"(?:" + TOKEN + rb":" + TEXT + rb"\r\n)+")
 _LENGTH_RE = re.compile(rb"[0-9]{1,18}")
 # Headers that change how a body is read or a connection is kept: aiohttp's business.
 _REFUSED = frozenset({"transfer-encoding", "content-encoding", "expect", "upgrade"})
@@ -129,14 +128,18 @@ class _Connection(asyncio.Protocol):
         self.lane = lane
         self.transport: asyncio.Transport | None = None
         self.buf = b""
-        self.busy = False  # a publish is being stored
         self.idle_since = time.monotonic()
         self.handler: Any = None  # aiohttp's RequestHandler, once handed off
         self._eof = False
         self._lost = False
         self._read_paused = False
         self._write_paused = False
-        self.task: asyncio.Task[None] | None = None
+        self.task: asyncio.Task[None] | None = None  # storing a publish, then answering
+
+    @property
+    def busy(self) -> bool:
+        """A publish of this connection is being stored."""
+        return self.task is not None
 
     # --- asyncio.Protocol ---------------------------------------------------------
 
@@ -237,7 +240,6 @@ class _Connection(asyncio.Protocol):
             self._hand_off()
             return
         self.buf = buf[start + length :]
-        self.busy = True
         self.task = asyncio.get_running_loop().create_task(self._publish(ev))
 
     def _read_more(self) -> None:
@@ -299,12 +301,10 @@ class _Connection(asyncio.Protocol):
                 self._answer(status, orjson.dumps(answer), None)
             except Exception as exc:
                 err = api_error(exc) or internal_error("/v1/events")
-                body: dict[str, Any] = {"error": err.code, "message": err.message}
-                self._answer(err.status, orjson.dumps(body), err.headers)
+                self._answer(err.status, orjson.dumps(error_body(err)), err.headers)
             else:
                 self.lane.published += 1
         finally:
-            self.busy = False
             self.task = None
             self.idle_since = time.monotonic()
         if self._lost:
