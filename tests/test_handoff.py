@@ -215,18 +215,18 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     store.offers.receiver = lambda claimed: None
     now = 1_000_000
     st = d._state(ep.id)
-    # Nothing pending: its limit plus as many claimed ahead.
+    # Nothing pending: its limit plus three times as many claimed ahead.
     d._wants(now)
-    assert offered(store, ep.id) == 6
+    assert offered(store, ep.id) == 3 + 9
     # Something pending but due later: the same.
     st.next_due = now + 60_000
     d._wants(now)
-    assert offered(store, ep.id) == 6
+    assert offered(store, ep.id) == 12
     # Due deliveries are waiting: they are claimed first, in order, and nothing is
     # offered to fresh ones.
     st.next_due = now - 1
     wants, _ = d._wants(now)
-    assert wants == {ep.id: 6}
+    assert wants == {ep.id: 12}
     assert offered(store, ep.id) == 0
     # Requests open and slots in transit count against the room.
     st.next_due = None
@@ -234,13 +234,13 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     store.offers.replace({ep.id: 1})
     assert store.offers.take(ep.id)  # one in transit
     d._wants(now)
-    assert offered(store, ep.id) == 3  # 6 - 2 open - 1 in transit
-    # Never more than the free workers (twice the pool, less what is busy).
+    assert offered(store, ep.id) == 9  # 12 - 2 open - 1 in transit
+    # Never more than the free workers (four times the pool, less what is busy).
     st.in_flight = 0
     store.offers.settle({ep.id: 1})
-    d._attempting = 6
+    d._attempting = 14
     d._wants(now)
-    assert offered(store, ep.id) == 2
+    assert offered(store, ep.id) == 2  # 16 - 14
     # A disabled endpoint offers nothing.
     d._attempting = 0
     store.refresh_endpoint_health(ep.id, active=False)

@@ -31,7 +31,14 @@ from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms, to_rfc3339
 
 log = logging.getLogger("webhookd.dispatcher")
-RECORDING_FACTOR = 4
+# Deliveries claimed ahead per endpoint, as a multiple of its limit: under sustained load
+# a claim waits for the writer's current transaction (outcomes being recorded) and then
+# its own commit, several milliseconds in all. With one limit's worth ahead, an endpoint
+# at 64 open requests sat at its limit only a quarter of the time; with three, about
+# three quarters (bench/RESULTS.md, sixth round).
+CLAIM_AHEAD = 3
+# All attempts, open or waiting for their outcome to be written, as a multiple of workers.
+RECORDING_FACTOR = 6
 
 
 @dataclass
@@ -177,7 +184,7 @@ class Dispatcher:
         # A worker is busy while its request is open; writing the outcome happens after it
         # is free again (batched with other outcomes), bounded so that a slow disk pushes
         # back instead of piling up outcomes in memory.
-        free = 2 * self.config.workers - self._attempting - self._queued
+        free = (1 + CLAIM_AHEAD) * self.config.workers - self._attempting - self._queued
         if len(self._tasks) >= RECORDING_FACTOR * self.config.workers:
             free = 0
         wants: dict[str, int] = {}
@@ -197,7 +204,7 @@ class Dispatcher:
             if not ep.active:
                 continue
             limit = self._limit(ep)
-            prefetch = 0 if ep.ordered or ep.rate_limit_per_s else limit
+            prefetch = 0 if ep.ordered or ep.rate_limit_per_s else CLAIM_AHEAD * limit
             room = limit + prefetch - st.in_flight - len(st.ready)
             if st.next_due is None or st.next_due > now:
                 # Nothing of this endpoint is due: what is published for it now may come
@@ -207,7 +214,7 @@ class Dispatcher:
                     offered += n
                 if st.next_due is None:
                     continue
-            if room <= 0 or len(st.ready) >= limit:
+            if room <= 0 or len(st.ready) >= max(prefetch, limit):
                 continue
             due: float = st.next_due
             if ep.rate_limit_per_s:
