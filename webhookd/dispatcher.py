@@ -2,9 +2,10 @@
 what happened, and reschedule failures.
 
 Scheduling state is kept per endpoint, not per delivery: for each endpoint, how many
-requests are open and when its next pending delivery is due. The backlog itself stays on
-disk; claims ask the store for at most as many deliveries as an endpoint has free slots,
-so one slow or dead endpoint holds only its own slots and never delays the others.
+requests are open, a short queue of deliveries claimed ahead, and when its next pending
+delivery is due. The backlog itself stays on disk; claims ask the store for at most an
+endpoint's free slots plus its queue's room (CLAIM_AHEAD times its limit), so one slow or
+dead endpoint holds only its own slots and never delays the others.
 Publishing wakes the loop; otherwise it sleeps until the earliest due time.
 
 An endpoint with free slots and nothing due offers them to publishing (store/handoff.py):
