@@ -311,13 +311,17 @@ class Dispatcher:
         self._wake.set()
 
     def _start_ready(self, endpoint_id: str) -> None:
-        """Start claimed deliveries of this endpoint while it and the pool have room."""
+        """Start claimed deliveries of this endpoint while it and the pool have room; all of
+        them at once if it is disabled or deleted, since they are only given back then."""
         st = self._states.get(endpoint_id)
         if st is None or not st.ready:
             return
         ep = self.store.endpoints.get(endpoint_id)
+        give_back = ep is None or not ep.active
         limit = self._limit(ep) if ep is not None else 1
-        while st.ready and st.in_flight < limit and self._attempting < self.config.workers:
+        while st.ready and (
+            give_back or (st.in_flight < limit and self._attempting < self.config.workers)
+        ):
             c = st.ready.popleft()
             self._queued -= 1
             st.in_flight += 1
@@ -365,6 +369,9 @@ class Dispatcher:
                 self.store.refresh_endpoint_health(
                     c.endpoint_id, active=False, disabled_reason=outcome.disable_reason
                 )
+                # Its deliveries claimed ahead are given back as skipped, queued right
+                # behind this outcome: the same transaction, or the next.
+                self._start_ready(c.endpoint_id)
             else:
                 self._attempt_done(c)
             try:
