@@ -250,3 +250,35 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     store.offers.receiver = d._handed_over
     store.offers.close(d._handed_over)
     assert store.offers.receiver is None
+
+
+async def test_a_disabled_endpoint_gives_back_everything_claimed_ahead_at_once(
+    store: SQLiteStore,
+) -> None:
+    import asyncio
+
+    from webhookd.config import DeliveryConfig
+    from webhookd.dispatcher import Dispatcher
+
+    ep = await store.create_endpoint(
+        {"url": "https://example.com/h", "secret": "whsec_x", "max_in_flight": 1}
+    )
+    d = Dispatcher(store, None, DeliveryConfig(workers=4))  # type: ignore[arg-type]
+    received: list[Claimed] = []
+    store.offers.receiver = received.extend
+    store.offers.replace({ep.id: 3})
+    results = await store.publish([new_event(), new_event(), new_event()])
+    assert len(received) == 3
+    st = d._state(ep.id)
+    st.ready.extend(received)
+    d._queued = 3
+    # The request that disabled the endpoint still holds the endpoint's only slot.
+    st.in_flight = d._attempting = 1
+    store.refresh_endpoint_health(ep.id, active=False, disabled_reason="gone")
+    d._start_ready(ep.id)
+    # All three are given back together, not one per free slot.
+    assert not st.ready and d._queued == 0
+    assert len(d._tasks) == 3
+    await asyncio.gather(*(t.task for t in d._tasks.values()))
+    assert statuses(store) == {r.delivery_ids[0]: "skipped" for r in results}
+    assert (st.in_flight, d._attempting) == (1, 1)
