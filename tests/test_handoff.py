@@ -3,13 +3,16 @@ claimed inside the publish transaction, so the first attempt needs no claim of i
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 
 import orjson
 import pytest
 
 from tests.conftest import Daemon, Receiver, new_event, wait_until
-from webhookd.store.models import Claimed, NewEvent, StorageError
+from webhookd.config import DeliveryConfig
+from webhookd.dispatcher import Dispatcher
+from webhookd.store.models import Claimed, Endpoint, NewEvent, StorageError
 from webhookd.store.sqlite import SQLiteStore
 
 
@@ -202,16 +205,21 @@ def offered(store: SQLiteStore, endpoint_id: str) -> int:
     return n
 
 
+async def unstarted_dispatcher(
+    store: SQLiteStore, max_in_flight: int
+) -> tuple[Endpoint, Dispatcher]:
+    """An endpoint, and a dispatcher of 4 workers that is never started (no HTTP client):
+    its bookkeeping is driven by hand."""
+    ep = await store.create_endpoint(
+        {"url": "https://example.com/h", "secret": "whsec_x", "max_in_flight": max_in_flight}
+    )
+    return ep, Dispatcher(store, None, DeliveryConfig(workers=4))  # type: ignore[arg-type]
+
+
 async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     store: SQLiteStore,
 ) -> None:
-    from webhookd.config import DeliveryConfig
-    from webhookd.dispatcher import Dispatcher
-
-    ep = await store.create_endpoint(
-        {"url": "https://example.com/h", "secret": "whsec_x", "max_in_flight": 3}
-    )
-    d = Dispatcher(store, None, DeliveryConfig(workers=4))  # type: ignore[arg-type]
+    ep, d = await unstarted_dispatcher(store, max_in_flight=3)
     store.offers.receiver = lambda claimed: None
     now = 1_000_000
     st = d._state(ep.id)
@@ -255,15 +263,7 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
 async def test_a_disabled_endpoint_gives_back_everything_claimed_ahead_at_once(
     store: SQLiteStore,
 ) -> None:
-    import asyncio
-
-    from webhookd.config import DeliveryConfig
-    from webhookd.dispatcher import Dispatcher
-
-    ep = await store.create_endpoint(
-        {"url": "https://example.com/h", "secret": "whsec_x", "max_in_flight": 1}
-    )
-    d = Dispatcher(store, None, DeliveryConfig(workers=4))  # type: ignore[arg-type]
+    ep, d = await unstarted_dispatcher(store, max_in_flight=1)
     received: list[Claimed] = []
     store.offers.receiver = received.extend
     store.offers.replace({ep.id: 3})
