@@ -8,7 +8,8 @@ Routes of the recording receiver (each benchmark phase uses its own `name`):
 - `POST /hook/{name}`: read and parse the JSON body, record the arrival time and, when
   the body (or the webhook envelope's `data`) has `sent_at` (Unix seconds), the latency
   from that moment to the arrival; answer 200.
-- `GET /count/{name}`: how many arrived.
+- `GET /count/{name}`: how many arrived, and when the first did (cheap: polled while a
+  figure runs, unlike `/stats`, which sorts every arrival).
 - `GET /stats/{name}?window_s=W&skip_s=S`: arrival count, first and last arrival, the
   steady rate between the 5th and the 95th percentile of arrivals, the count within the
   first W seconds after the first arrival, and latency percentiles (ignoring requests
@@ -70,7 +71,9 @@ async def hook(request: web.Request) -> web.Response:
 
 async def count(request: web.Request) -> web.Response:
     rec = RECORDS.get(request.match_info["name"])
-    return web.json_response({"count": len(rec.times) if rec else 0})
+    if not rec or not rec.times:
+        return web.json_response({"count": 0, "first": None})
+    return web.json_response({"count": len(rec.times), "first": rec.times[0]})
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:

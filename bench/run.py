@@ -515,8 +515,16 @@ class Bench:
     # --- receiver helpers -------------------------------------------------------------
 
     async def count(self, name: str) -> int:
+        return (await self.arrivals(name))[0]
+
+    async def arrivals(self, name: str) -> tuple[int, float | None]:
+        """How many deliveries of `name` arrived, and when the first did. Cheap for the
+        receiver, so it may be polled during a measurement (`stats` is not: it sorts
+        every arrival, and a receiver busy sorting slows the daemon it measures)."""
         async with self.http.get(f"{self.recv}/count/{name}") as r:
-            return int((await r.json())["count"])
+            doc = await r.json()
+        first = doc.get("first")
+        return int(doc["count"]), None if first is None else float(first)
 
     async def stats(self, name: str, window_s: float = 0, skip_s: float = 0) -> dict[str, Any]:
         params = {"window_s": str(window_s), "skip_s": str(skip_s)}
@@ -1022,8 +1030,7 @@ class Bench:
                 first: float | None = None
                 u0: dict[str, Any] | None = None
                 while time.monotonic() < deadline:
-                    st = await self.stats(name)
-                    first = st.get("first")
+                    _, first = await self.arrivals(name)
                     if first is not None and u0 is None:
                         u0, count0 = await self.usage_start(d), await self.count(name)
                     if first is not None and time.time() > first + window + 0.3:
