@@ -1027,7 +1027,6 @@ class Bench:
                 d.rss_max_kb = 0
                 await asyncio.sleep(max(0.0, deliver_at - time.time()))
                 deadline = time.monotonic() + window + 60
-                first: float | None = None
                 u0: dict[str, Any] | None = None
                 while time.monotonic() < deadline:
                     _, first = await self.arrivals(name)
