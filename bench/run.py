@@ -1073,6 +1073,8 @@ class Bench:
                     "7.drain", rate, {**st, **r_mem, **cpu, "pending_at_start": pending}
                 )
                 self.samples.add("7.rss_drain", r_mem.get("rss_max_mb"))
+                if cpu:
+                    self.samples.add("cpu.7.drain.daemon", cpu["daemon_us_per_delivery"])
                 log(
                     f"  7  drain run {run + 1}: {rate:,.0f} deliveries/s over the first "
                     f"{window:.0f} s, {pending:,} pending, "
@@ -1435,6 +1437,8 @@ def render(b: Bench, machine: dict[str, Any], rows: list[Row], command: str) -> 
         ("cpu.B.client", "B: load generator, per publish"),
         ("cpu.4a.daemon", "4: daemon, per publish (no endpoint)"),
         ("cpu.4b.daemon", "4': daemon, per publish (+ its delivery, mostly)"),
+        ("cpu.7.empty.daemon", "7: daemon, per delivery, empty queue (the drain's reference)"),
+        ("cpu.7.drain.daemon", "7: daemon, per delivery, draining the backlog"),
         ("cpu.8.alone.daemon", "8: daemon, per healthy delivery, alone"),
         ("cpu.8.dead.daemon", "8: daemon, per healthy delivery, with the dead endpoint"),
     ]
