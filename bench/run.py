@@ -1458,7 +1458,50 @@ def render(b: Bench, machine: dict[str, Any], rows: list[Row], command: str) -> 
             f"During figure 3 the daemon used {dc:.0%} of a core and the receiver {rc:.0%} "
             "(median of runs; 100% = one core).",
         ]
+    relative = relative_cost_rows(b)
+    if relative:
+        out += [
+            "",
+            "## CPU per request in units of the receiver's, measured in the same window",
+            "",
+            "The receiver does the same work for every request in every figure, so its CPU "
+            "time per request moves only with the VM's speed; dividing by it leaves the "
+            "cost of the sending side's own work.",
+            "",
+            "| sender, per request | median | min-max |",
+            "|---|---:|---:|",
+        ]
+        for label, values in relative:
+            m, lo, hi = med(values)
+            out.append(f"| {label} | {m:.2f} | {lo:.2f}-{hi:.2f} |")
     return "\n".join(out) + "\n"
+
+
+def relative_cost_rows(b: Bench) -> list[tuple[str, list[float]]]:
+    """Each sender's CPU per request divided by the receiver's in the same window."""
+    v, details = b.samples.values, b.samples.details
+    baseline = [
+        ratio
+        for key in ("A", "A'")
+        for ratio in paired(v.get(f"cpu.{key}.client", []), v.get(f"cpu.{key}.receiver", []))
+    ]
+    rows = [("A and A': aiohttp client loop", baseline)]
+    for key, label in (
+        ("3", "3: daemon, sustained"),
+        ("7.empty", "7: daemon, empty queue (the drain's reference)"),
+        ("7.drain", "7: daemon, draining the backlog"),
+    ):
+        rows.append(
+            (
+                label,
+                [
+                    x["daemon_us_per_delivery"] / x["receiver_us_per_request"]
+                    for x in details.get(key, [])
+                    if x.get("receiver_us_per_request")
+                ],
+            )
+        )
+    return [(label, values) for label, values in rows if values]
 
 
 async def main_async(args: argparse.Namespace, settings: Settings, tmp: Path) -> int:
