@@ -786,7 +786,7 @@ class Bench:
         """Figure 3: a fresh daemon delivers `events` published ahead to one endpoint; its
         steady rate. Also the backlog figure's empty-queue reference (`key` "7.empty")."""
         n = events or self.s.sustained_events
-        tag = "sustained" if key == "3" else "empty"
+        tag, what = ("sustained", "sustained") if key == "3" else ("empty", "empty queue")
         d = Daemon(self, f"{tag}-{run}")
         await d.start()
         name = f"{tag}-{run}"
@@ -810,16 +810,15 @@ class Bench:
             return None
         detail = {**st, **cpu, **r_mem, "publish_s": pub_s, "early": early}
         detail["rss_pending_mb"] = rss_pending
-        self.samples.add(key, st.get("steady_rate"), detail)
+        rate: float | None = st.get("steady_rate")
+        self.samples.add(key, rate, detail)
         self.samples.add(f"cpu.{key}.daemon", cpu["daemon_us_per_delivery"])
         self.samples.add(f"cpu.{key}.receiver", cpu["receiver_us_per_request"])
         self.samples.add(f"mem.{key}", r_mem.get("rss_max_mb"))
-        what = "sustained" if key == "3" else "empty queue"
         log(
-            f"  {key[0]}  {what}: {st.get('steady_rate', 0):,.0f} deliveries/s "
+            f"  {key[0]}  {what}: {rate or 0:,.0f} deliveries/s "
             f"({describe_usage(cpu)}; {early} early)"
         )
-        rate: float | None = st.get("steady_rate")
         return rate
 
     async def profile_publish(self, prefix: str) -> None:
