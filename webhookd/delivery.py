@@ -61,6 +61,7 @@ async def send(
     *,
     timeout_s: float,
     max_response_bytes: int,
+    route: http1.Route = http1.DIRECT,
 ) -> Response:
     started = time.monotonic()
     try:
@@ -75,6 +76,7 @@ async def send(
             timeout_s=timeout_s,
             keep=max_response_bytes,
             discard=max(DISCARD_LIMIT_BYTES, max_response_bytes),
+            route=route,
         )
     except http1.Failure as exc:
         return _failed(exc, wire_headers, started)

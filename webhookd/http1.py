@@ -25,10 +25,8 @@ operator; nothing here touches the database.
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import re
-import socket
 import ssl
 import time
 from collections.abc import Callable, Mapping
@@ -37,7 +35,10 @@ from typing import cast
 
 from yarl import URL
 
-from webhookd.netguard import AddressPolicy, BlockedAddress, GuardedResolver
+from webhookd.connect import DIRECT, Failure, Route, one_line, open_connection
+from webhookd.netguard import AddressPolicy, GuardedResolver
+
+__all__ = ["DIRECT", "Answer", "Client", "Failure", "Route", "Target", "header_block", "target"]
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_LINE_BYTES = 8190
@@ -65,29 +66,10 @@ _CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
 # more than 4300 digits by raising.
 _LENGTH_RE = re.compile(r"[0-9]{1,18}")
 
+PoolKey = tuple[tuple[bool, str, int], Route]
+
 # Parser states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
-
-
-class Failure(Exception):
-    """The attempt failed: `kind` is the delivery log's error kind, `message` one sentence.
-
-    `status`, `headers` and `body` hold whatever part of the response had arrived."""
-
-    def __init__(
-        self,
-        kind: str,
-        message: str,
-        status: int | None = None,
-        headers: dict[str, str] | None = None,
-        body: bytes = b"",
-    ) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-        self.status = status
-        self.headers = headers or {}
-        self.body = body
 
 
 @dataclass(slots=True)
@@ -108,6 +90,7 @@ class Target:
     tls: bool
     host_header: str
     request_line: bytes
+    absolute_line: bytes  # the request line for a forward proxy (plain http only)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -118,7 +101,7 @@ def target(url: str) -> Target:
         port = u.port
     except (ValueError, TypeError) as exc:
         raise Failure(
-            "invalid_url", f"the endpoint URL is not valid: {_one_line(str(exc))}"
+            "invalid_url", f"the endpoint URL is not valid: {one_line(str(exc))}"
         ) from None
     if u.scheme not in ("http", "https") or not host or port is None:
         raise Failure("invalid_url", "the endpoint URL is not an absolute http(s) URL")
@@ -134,18 +117,18 @@ def target(url: str) -> Target:
         tls=tls,
         host_header=host_header,
         request_line=f"POST {path} HTTP/1.1\r\n".encode("ascii", "strict"),
+        absolute_line=f"POST {u.scheme}://{host_header}{path} HTTP/1.1\r\n".encode(
+            "ascii", "strict"
+        ),
     )
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())[:300]
 
 
 class _Conn(asyncio.Protocol):
     """One connection and the parser of the response it is waiting for."""
 
-    def __init__(self, key: tuple[bool, str, int]) -> None:
+    def __init__(self, key: PoolKey) -> None:
         self.key = key
+        self.absolute_form = False  # through a plain-http proxy: absolute URL in the request line
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = 0.0
@@ -485,7 +468,7 @@ class Client:
         # endpoints do not keep thousands of sockets (and file descriptors) open.
         self._max_idle = max_idle
         self._idle_count = 0
-        self._idle: dict[tuple[bool, str, int], list[_Conn]] = {}
+        self._idle: dict[PoolKey, list[_Conn]] = {}
         self._busy: set[_Conn] = set()
         self._sweeper: asyncio.TimerHandle | None = None
         self._last_sweep = time.monotonic()
@@ -508,11 +491,6 @@ class Client:
         self._idle.clear()
         self._idle_count = 0
 
-    def _ssl_context(self) -> ssl.SSLContext:
-        if self._ssl is None:
-            self._ssl = ssl.create_default_context()
-        return self._ssl
-
     async def post(
         self,
         url: str,
@@ -522,9 +500,11 @@ class Client:
         timeout_s: float,
         keep: int,
         discard: int,
+        route: Route = DIRECT,
     ) -> Answer:
         """POST `body` with the header block `head`: the lines after the request line, each
-        ending in CRLF, Content-Length included, without the empty line that ends it."""
+        ending in CRLF, Content-Length included, without the empty line that ends it.
+        `route` says how to reach the URL (proxy, TLS material)."""
         if self._closed:
             raise Failure("connection_error", "the client is shut down")
         t = target(url)
@@ -534,11 +514,12 @@ class Client:
             loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         message = _timeout_message(timeout_s)
-        conn = self._take_idle(t.key)
+        key = (t.key, route)
+        conn = self._take_idle(key)
         reused = conn is not None
         for _ in range(2):
             if conn is None:
-                conn = await self._connect(t, deadline, message)
+                conn = await self._connect(t, route, key, deadline, message)
             try:
                 return await self._exchange(conn, t, head, body, deadline, message, keep, discard)
             except Failure as exc:
@@ -572,7 +553,8 @@ class Client:
         if self._sweeper is None:
             self._sweeper = loop.call_later(SWEEP_S, self._check_deadlines)
         try:
-            transport.write(b"".join((t.request_line, head, b"\r\n", body)))
+            line = t.absolute_line if conn.absolute_form else t.request_line
+            transport.write(b"".join((line, head, b"\r\n", body)))
             answer = await waiter
         except asyncio.CancelledError:
             conn.keep_alive = False
@@ -596,7 +578,7 @@ class Client:
         if self._busy and not self._closed:
             self._sweeper = self._loop.call_later(SWEEP_S, self._check_deadlines)
 
-    def _take_idle(self, key: tuple[bool, str, int]) -> _Conn | None:
+    def _take_idle(self, key: PoolKey) -> _Conn | None:
         conns = self._idle.get(key)
         if not conns:
             return None
@@ -655,41 +637,27 @@ class Client:
         if conn.transport is not None and not conn.transport.is_closing():
             conn.transport.close()
 
-    async def _connect(self, t: Target, deadline: float, message: str) -> _Conn:
-        loop = asyncio.get_running_loop()
-        policy = self._resolver.policy
+    async def _connect(
+        self, t: Target, route: Route, key: PoolKey, deadline: float, message: str
+    ) -> _Conn:
+        conn = _Conn(key)
+        conn.policy = self._resolver.policy
         try:
             async with asyncio.timeout_at(deadline):
-                try:
-                    results = await self._resolver.resolve(t.host, t.port, socket.AF_UNSPEC)
-                except BlockedAddress as exc:
-                    raise Failure("blocked_address", str(exc)) from None
-                except OSError as exc:
-                    raise Failure(
-                        "dns", f"the host name could not be resolved: {_one_line(str(exc))}"
-                    ) from None
-                first_error: Failure | None = None
-                for result in results:
-                    conn = _Conn(t.key)
-                    conn.policy = policy
-                    try:
-                        # uvloop may call connection_made only after this returns.
-                        transport, _ = await loop.create_connection(
-                            _factory(conn),
-                            host=result["host"],
-                            port=result["port"],
-                            family=result["family"],
-                            ssl=self._ssl_context() if t.tls else None,
-                            server_hostname=t.host if t.tls else None,
-                        )
-                    except (OSError, ssl.SSLError, ssl.CertificateError) as exc:
-                        first_error = first_error or _connect_failure(exc)
-                        continue
-                    conn.transport = transport
-                    return conn
-                raise first_error or Failure("dns", f"no addresses found for {t.host!r}")
+                opened = await open_connection(
+                    _factory(conn),
+                    t.host,
+                    t.port,
+                    tls=t.tls,
+                    route=route,
+                    resolver=self._resolver,
+                    ssl_context=self._ssl,
+                )
         except TimeoutError:
             raise Failure("timeout", message) from None
+        conn.transport = opened.transport
+        conn.absolute_form = opened.absolute_form
+        return conn
 
     async def close(self) -> None:
         self._closed = True
@@ -721,16 +689,6 @@ def _timeout_message(timeout_s: float) -> str:
 
 def _factory(conn: _Conn) -> Callable[[], _Conn]:
     return lambda: conn
-
-
-def _connect_failure(exc: BaseException) -> Failure:
-    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
-        return Failure("tls", f"TLS handshake failed: {_one_line(str(exc))}")
-    if isinstance(exc, ConnectionRefusedError) or getattr(exc, "errno", None) == errno.ECONNREFUSED:
-        return Failure("connection_refused", "the endpoint refused the connection")
-    if isinstance(exc, ConnectionResetError | BrokenPipeError):
-        return Failure("connection_reset", "the connection was reset by the endpoint")
-    return Failure("connection_error", f"could not connect: {_one_line(str(exc))}")
 
 
 def header_block(headers: Mapping[str, str]) -> bytes:
