@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
+from yarl import URL
 
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
@@ -55,6 +56,9 @@ class DeliveryConfig:
     disable_after_s: float = 432000
     max_response_bytes: int = 20480
     shutdown_grace_s: float = 20.0
+    # http://[user:pass@]host[:port] (port 80 when absent); kept out of repr, since its
+    # password is a secret.
+    proxy: str | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -288,6 +292,7 @@ def _read_delivery(r: _Reader) -> DeliveryConfig:
         shutdown_grace_s=r.get(
             "shutdown_grace_s", d.shutdown_grace_s, _number(0, 3600), "a number 0-3600"
         ),
+        proxy=_read_proxy(r),
     )
 
 
@@ -296,6 +301,68 @@ def _schedule(raw: Any) -> tuple[float, ...]:
         raise TypeError
     convert = _number(0, 7 * 86400)
     return tuple(convert(x) for x in raw)
+
+
+def _read_proxy(r: _Reader) -> str | None:
+    """`delivery.proxy`; a problem names the key and the reason but never echoes the value,
+    which may hold the proxy's password."""
+    r.seen.add("proxy")
+    raw = r.data.get("proxy")
+    if raw is None:
+        return None
+    try:
+        return proxy_url(raw)
+    except ValueError as exc:
+        r.problems.append(f"{r.key('proxy')}: expected {PROXY_FORM}: {exc}")
+        return None
+
+
+PROXY_FORM = "http://host:port or http://user:pass@host:port"
+_HOSTNAME_RE = re.compile(
+    r"^(?=.{1,253}\.?$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(\.[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?$"
+)
+
+
+def proxy_url(raw: Any) -> str:
+    """Check a forward proxy URL (delivery.proxy and the endpoint field `proxy`) and return
+    it unchanged: scheme http, a host name or IP literal, port 1-65535 (80 when absent),
+    optional user[:password], nothing else. The reason given never quotes the value."""
+    if not isinstance(raw, str):
+        raise ValueError("not a string")
+    if len(raw) > 2048 or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in raw):
+        raise ValueError("too long, or has spaces or control characters")
+    try:
+        url = URL(raw)
+        port = url.explicit_port
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if url.scheme != "http" or not raw.lower().startswith("http://"):
+        raise ValueError("it must start with http:// (https targets go through CONNECT)")
+    host = url.raw_host
+    if not host or not (_HOSTNAME_RE.fullmatch(host) or _is_ip(host)):
+        raise ValueError("the host is missing or not a valid name or address")
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("the port must be 1-65535")
+    if (
+        url.raw_path not in ("", "/")
+        or url.raw_query_string
+        or url.raw_fragment
+        or "?" in raw
+        or "#" in raw
+    ):
+        raise ValueError("a proxy URL has no path, query or fragment")
+    if (url.raw_password is not None or "@" in raw) and not url.raw_user:
+        raise ValueError("credentials need a user name")
+    return raw
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _networks(raw: Any) -> tuple[str, ...]:
