@@ -102,4 +102,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX attempts_delivery ON attempts(delivery_id, number);
     """,
+    # 2: how an endpoint is reached: a forward proxy URL, and TLS material as a JSON object
+    # of PEM texts ({"client_cert", "client_key", "ca"}); NULL for none.
+    """
+    ALTER TABLE endpoints ADD COLUMN proxy TEXT;
+    ALTER TABLE endpoints ADD COLUMN tls TEXT;
+    """,
 ]

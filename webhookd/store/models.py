@@ -48,6 +48,21 @@ class PreviousSecret:
 
 
 @dataclass(frozen=True)
+class EndpointTLS:
+    """An endpoint's TLS material, as PEM text: a client certificate and its key (mutual
+    TLS), and/or a CA bundle trusted for this endpoint instead of the system store."""
+
+    client_cert: str | None = field(default=None, repr=False)
+    client_key: str | None = field(default=None, repr=False)  # write-only: never shown
+    ca: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        # Which parts are set, never their text: a key is a secret, and PEM is noise.
+        parts = ("client_cert", "client_key", "ca")
+        return f"EndpointTLS({', '.join(p for p in parts if getattr(self, p))})"
+
+
+@dataclass(frozen=True)
 class Endpoint:
     id: str
     url: str
@@ -71,6 +86,9 @@ class Endpoint:
     failing_since: int | None
     created_at: int
     updated_at: int
+    # http://[user:pass@]host[:port]; overrides delivery.proxy. Out of repr: a password.
+    proxy: str | None = field(default=None, repr=False)
+    tls: EndpointTLS | None = None
 
     def signing_secrets(self, now_ms: int) -> list[str]:
         """The current secret first, then rotated-out ones still within their grace."""

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 
 from webhookd.signing import SignatureSpec
-from webhookd.store.models import Delivery, Endpoint, PreviousSecret
+from webhookd.store.models import Delivery, Endpoint, EndpointTLS, PreviousSecret
 
 DELIVERY_COLS = (
     "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
@@ -20,7 +20,7 @@ DELIVERY_COLS = (
 ENDPOINT_COLS = (
     "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
     "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
-    "ordered, last_success_at, failing_since, created_at, updated_at, seq"
+    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, seq"
 )
 
 
@@ -104,6 +104,17 @@ def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
         failing_since=row[18],
         created_at=row[19],
         updated_at=row[20],
+        proxy=row[21],
+        tls=tls_from_json(row[22]),
+    )
+
+
+def tls_from_json(text: str | None) -> EndpointTLS | None:
+    if text is None:
+        return None
+    doc = orjson.loads(text)
+    return EndpointTLS(
+        client_cert=doc.get("client_cert"), client_key=doc.get("client_key"), ca=doc.get("ca")
     )
 
 
@@ -130,6 +141,8 @@ def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
             out["format" if key == "format" else key] = orjson.dumps(value).decode()
         elif key in ("active", "ordered"):
             out[key] = 1 if value else 0
+        elif key == "tls":
+            out[key] = None if value is None else orjson.dumps(value).decode()
         else:
             out[key] = value
     return out
