@@ -19,6 +19,7 @@ from webhookd.config import (
     ConfigError,
     DeliveryConfig,
     EventTypeDecl,
+    LimitsConfig,
     config_from_mapping,
     load_config,
     parse_listen,
@@ -53,6 +54,10 @@ security:
 limits:
   max_payload_bytes: 262144     # one event's payload
   max_batch_bytes: 16777216     # the whole body of POST /v1/events/batch
+  max_connections: 1024         # open API connections; past it new ones are closed at once
+  request_read_timeout_s: 30    # a request whose head and body have not arrived by then is dropped
+  keepalive_s: 75               # an idle kept-alive API connection is closed after this
+  max_endpoints_per_tenant: null # a number caps each tenant's endpoints (422 past it)
 retention:
   days: 30                      # events, deliveries and attempts older than this are purged
 log:
@@ -100,6 +105,10 @@ def check_documented_defaults(c: Config) -> None:
     assert list(c.security.allow_networks) == []
     assert c.limits.max_payload_bytes == 262144
     assert c.limits.max_batch_bytes == 16777216
+    assert c.limits.max_connections == 1024
+    assert c.limits.request_read_timeout_s == 30
+    assert c.limits.keepalive_s == 75
+    assert c.limits.max_endpoints_per_tenant is None
     assert c.retention.days == 30
     assert c.log.level == "info"
     assert c.log.format == "text"
@@ -172,7 +181,14 @@ def test_fractional_schedule_and_other_values_are_kept() -> None:
                 "shutdown_grace_s": 0,
             },
             "security": {"https_only": False},
-            "limits": {"max_payload_bytes": 1, "max_batch_bytes": 1024},
+            "limits": {
+                "max_payload_bytes": 1,
+                "max_batch_bytes": 1024,
+                "max_connections": 1,
+                "request_read_timeout_s": 0.5,
+                "keepalive_s": 1.5,
+                "max_endpoints_per_tenant": 3,
+            },
             "retention": {"days": 0.5},
             "log": {"level": "DEBUG", "format": "json"},
             "metrics": {"require_auth": True},
@@ -193,6 +209,8 @@ def test_fractional_schedule_and_other_values_are_kept() -> None:
     )
     assert c.security.https_only is False
     assert (c.limits.max_payload_bytes, c.limits.max_batch_bytes) == (1, 1024)
+    assert (c.limits.max_connections, c.limits.max_endpoints_per_tenant) == (1, 3)
+    assert (c.limits.request_read_timeout_s, c.limits.keepalive_s) == (0.5, 1.5)
     assert c.retention.days == 0.5
     assert (c.log.level, c.log.format) == ("debug", "json")
     assert c.metrics.require_auth is True
@@ -278,6 +296,27 @@ def test_unknown_key_in_a_file(tmp_path: Path) -> None:
         ({"security": {"https_only": "yes"}}, "security.https_only: expected true or false"),
         ({"limits": {"max_payload_bytes": 0}}, "limits.max_payload_bytes: expected an integer"),
         ({"limits": {"max_batch_bytes": 2**31}}, "limits.max_batch_bytes: expected an integer"),
+        ({"limits": {"max_connections": 0}}, "limits.max_connections: expected an integer"),
+        ({"limits": {"max_connections": 1.5}}, "limits.max_connections: expected an integer"),
+        ({"limits": {"max_connections": True}}, "limits.max_connections: expected an integer"),
+        (
+            {"limits": {"request_read_timeout_s": 0}},
+            "limits.request_read_timeout_s: expected a number > 0",
+        ),
+        (
+            {"limits": {"request_read_timeout_s": "30"}},
+            "limits.request_read_timeout_s: expected a number > 0",
+        ),
+        ({"limits": {"keepalive_s": -1}}, "limits.keepalive_s: expected a number > 0"),
+        ({"limits": {"keepalive_s": float("inf")}}, "limits.keepalive_s: expected a number"),
+        (
+            {"limits": {"max_endpoints_per_tenant": 0}},
+            "limits.max_endpoints_per_tenant: expected null or an integer >= 1",
+        ),
+        (
+            {"limits": {"max_endpoints_per_tenant": "5"}},
+            "limits.max_endpoints_per_tenant: expected null or an integer >= 1",
+        ),
         ({"retention": {"days": 0}}, "retention.days: expected a number > 0"),
         (
             {"log": {"level": "loud"}},
@@ -552,7 +591,7 @@ def test_a_trailing_newline_is_not_a_valid_name(where: str) -> None:
 SECTION_KEYS = {
     "delivery": [f.name for f in dataclasses.fields(DeliveryConfig)],
     "security": ["https_only", "allow_networks"],
-    "limits": ["max_payload_bytes", "max_batch_bytes"],
+    "limits": [f.name for f in dataclasses.fields(LimitsConfig)],
     "retention": ["days"],
     "log": ["level", "format"],
     "metrics": ["require_auth"],

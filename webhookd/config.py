@@ -71,6 +71,15 @@ class SecurityConfig:
 class LimitsConfig:
     max_payload_bytes: int = 262144
     max_batch_bytes: int = 16777216
+    # Open API connections; past it a new one is closed at once.
+    max_connections: int = 1024
+    # A request whose head and body have not all arrived this long after it began (or
+    # after the connection opened) is dropped.
+    request_read_timeout_s: float = 30.0
+    # An idle kept-alive API connection is closed after this.
+    keepalive_s: float = 75.0
+    # Parsed so that a config with it is accepted; None: no cap.
+    max_endpoints_per_tenant: int | None = None
 
 
 @dataclass(frozen=True)
@@ -394,50 +403,65 @@ def _read_api_keys(
         if not isinstance(item, Mapping):
             problems.append(f"{path}: expected a mapping with name and key or key_env")
             continue
-        r = _Reader(item, path, problems)
-        name = r.get("name", "", _string, "a string")
-        if not name:
-            problems.append(f"{path}.name: expected a non-empty string")
-        elif name in names:
-            problems.append(f"{path}.name: duplicate key name {name!r}")
-        names.add(name)
-        key = r.get("key", "", _string, "a string", secret=True)
-        key_env = r.get("key_env", "", _string, "an environment variable name")
-        key_file = r.get("key_file", "", _string, "a file path")
-        tenant = r.get("tenant", None, _optional_tenant, "null or a tenant name")
-        r.finish()
-        if sum(1 for x in (key, key_env, key_file) if x) > 1:
-            problems.append(f"{path}: give one of key, key_env or key_file")
-            continue
-        if key_env:
-            if key_env not in environ:
-                problems.append(f"{path}.key_env: environment variable {key_env} is not set")
-                continue
-            key = environ[key_env]
-            where = f"{path}.key_env ({key_env})"
-        elif key_file:
-            # ${CREDENTIALS_DIRECTORY} and the like are expanded, for systemd credentials.
-            file_path = _expand(key_file, environ)
-            try:
-                key = Path(file_path).read_text(encoding="utf-8").strip()
-            except (OSError, UnicodeDecodeError) as exc:
-                reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-                problems.append(f"{path}.key_file: cannot read {file_path}: {reason}")
-                continue
-            where = f"{path}.key_file ({file_path})"
-        else:
-            where = f"{path}.key"
-        if not key:
-            problems.append(f"{path}: expected key, key_env or key_file")
-            continue
-        if len(key) < MIN_API_KEY_LEN:
-            # The key itself is never echoed: only its length.
-            problems.append(
-                f"{where}: expected at least {MIN_API_KEY_LEN} characters, got {len(key)}"
-            )
-            continue
-        keys.append(ApiKey(name=name, key=key, tenant=tenant))
+        key = _read_api_key(_Reader(item, path, problems), environ, names)
+        if key is not None:
+            keys.append(key)
     return tuple(keys)
+
+
+def _read_api_key(r: _Reader, environ: Mapping[str, str], names: set[str]) -> ApiKey | None:
+    """One entry of `api_keys` (its name added to `names`), or None after a problem."""
+    path, problems = r.path, r.problems
+    name = r.get("name", "", _string, "a string")
+    if not name:
+        problems.append(f"{path}.name: expected a non-empty string")
+    elif name in names:
+        problems.append(f"{path}.name: duplicate key name {name!r}")
+    names.add(name)
+    key = r.get("key", "", _string, "a string", secret=True)
+    key_env = r.get("key_env", "", _string, "an environment variable name")
+    key_file = r.get("key_file", "", _string, "a file path")
+    tenant = r.get("tenant", None, _optional_tenant, "null or a tenant name")
+    r.finish()
+    if sum(1 for x in (key, key_env, key_file) if x) > 1:
+        problems.append(f"{path}: give one of key, key_env or key_file")
+        return None
+    found = _key_value(r, key, key_env, key_file, environ)
+    if found is None:
+        return None
+    key, where = found
+    if not key:
+        problems.append(f"{path}: expected key, key_env or key_file")
+        return None
+    if len(key) < MIN_API_KEY_LEN:
+        # The key itself is never echoed: only its length.
+        problems.append(f"{where}: expected at least {MIN_API_KEY_LEN} characters, got {len(key)}")
+        return None
+    return ApiKey(name=name, key=key, tenant=tenant)
+
+
+def _key_value(
+    r: _Reader, key: str, key_env: str, key_file: str, environ: Mapping[str, str]
+) -> tuple[str, str] | None:
+    """The key an entry gives (inline, from the environment or from a file) and the words
+    that say where it came from; None after a problem."""
+    path = r.path
+    if key_env:
+        if key_env not in environ:
+            r.problems.append(f"{path}.key_env: environment variable {key_env} is not set")
+            return None
+        return environ[key_env], f"{path}.key_env ({key_env})"
+    if key_file:
+        # ${CREDENTIALS_DIRECTORY} and the like are expanded, for systemd credentials.
+        file_path = _expand(key_file, environ)
+        try:
+            text = Path(file_path).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            r.problems.append(f"{path}.key_file: cannot read {file_path}: {reason}")
+            return None
+        return text, f"{path}.key_file ({file_path})"
+    return key, f"{path}.key"
 
 
 def _expand(text: str, environ: Mapping[str, str]) -> str:
@@ -494,86 +518,116 @@ def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> 
         raise ConfigError([f"(top level): expected a mapping of keys, got {_show(data)}"])
     top = _Reader(data, "", problems)
     d = Config()
-
-    def listen_value(raw: Any) -> str:
-        text = _string(raw)
-        parse_listen(text)
-        return text
-
-    listen = top.get("listen", d.listen, listen_value, "host:port or unix:/path")
-    database = top.get("database", d.database, _nonempty_string, "a file path")
-    api_keys = _read_api_keys(top, env, problems)
-    event_types = _read_event_types(top, problems)
-
-    delivery = d.delivery
-    if (s := _section(top, "delivery")) is not None:
-        delivery = _read_delivery(s)
-        s.finish()
-    security = d.security
-    if (s := _section(top, "security")) is not None:
-        security = SecurityConfig(
-            https_only=s.get("https_only", True, _boolean, "true or false"),
-            allow_networks=s.get("allow_networks", (), _networks, "a list of CIDRs"),
-        )
-        s.finish()
-    limits = d.limits
-    if (s := _section(top, "limits")) is not None:
-        limits = LimitsConfig(
-            max_payload_bytes=s.get(
-                "max_payload_bytes",
-                d.limits.max_payload_bytes,
-                _integer(1, 64 * 1024 * 1024),
-                "an integer 1-67108864",
-            ),
-            max_batch_bytes=s.get(
-                "max_batch_bytes",
-                d.limits.max_batch_bytes,
-                _integer(1, 1024 * 1024 * 1024),
-                "an integer 1-1073741824",
-            ),
-        )
-        s.finish()
-    retention = d.retention
-    if (s := _section(top, "retention")) is not None:
-        retention = RetentionConfig(
-            days=s.get("days", d.retention.days, _number(0, lo_open=True), "a number > 0")
-        )
-        s.finish()
-    log = d.log
-    if (s := _section(top, "log")) is not None:
-        log = LogConfig(
-            level=s.get("level", "info", _choice("debug", "info", "warning", "error"), _LEVELS),
-            format=s.get("format", "text", _choice("text", "json"), "text or json"),
-        )
-        s.finish()
-    metrics = d.metrics
-    if (s := _section(top, "metrics")) is not None:
-        metrics = MetricsConfig(
-            require_auth=s.get("require_auth", False, _boolean, "true or false")
-        )
-        s.finish()
-    top.finish()
-
+    # Keyword arguments are evaluated in order: problems are listed in the file's order.
     config = Config(
-        listen=listen,
-        database=database,
-        api_keys=api_keys,
-        event_types=event_types,
-        delivery=delivery,
-        security=security,
-        limits=limits,
-        retention=retention,
-        log=log,
-        metrics=metrics,
+        listen=top.get("listen", d.listen, _listen_value, "host:port or unix:/path"),
+        database=top.get("database", d.database, _nonempty_string, "a file path"),
+        api_keys=_read_api_keys(top, env, problems),
+        event_types=_read_event_types(top, problems),
+        delivery=_read_section(top, "delivery", d.delivery, _read_delivery),
+        security=_read_section(top, "security", d.security, _read_security),
+        limits=_read_section(top, "limits", d.limits, _read_limits),
+        retention=_read_section(top, "retention", d.retention, _read_retention),
+        log=_read_section(top, "log", d.log, _read_log),
+        metrics=_read_section(top, "metrics", d.metrics, _read_metrics),
     )
-    if not problems and not api_keys and not config.listen_address.is_loopback:
+    top.finish()
+    if not problems and not config.api_keys and not config.listen_address.is_loopback:
         problems.append(
-            f"listen: {listen} is not a loopback address and no api_keys are configured; "
-            "add api_keys (an unauthenticated API serves only on loopback or a unix socket)"
+            f"listen: {config.listen} is not a loopback address and no api_keys are "
+            "configured; add api_keys (an unauthenticated API serves only on loopback or a "
+            "unix socket)"
         )
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _listen_value(raw: Any) -> str:
+    text = _string(raw)
+    parse_listen(text)
+    return text
+
+
+def _read_section(parent: _Reader, name: str, default: T, read: Callable[[_Reader], T]) -> T:
+    """A section read by `read`, or `default` when it is not a mapping (a problem)."""
+    s = _section(parent, name)
+    if s is None:
+        return default
+    value = read(s)
+    s.finish()
+    return value
+
+
+def _read_security(s: _Reader) -> SecurityConfig:
+    return SecurityConfig(
+        https_only=s.get("https_only", True, _boolean, "true or false"),
+        allow_networks=s.get("allow_networks", (), _networks, "a list of CIDRs"),
+    )
+
+
+def _read_limits(s: _Reader) -> LimitsConfig:
+    d = LimitsConfig()
+    return LimitsConfig(
+        max_payload_bytes=s.get(
+            "max_payload_bytes",
+            d.max_payload_bytes,
+            _integer(1, 64 * 1024 * 1024),
+            "an integer 1-67108864",
+        ),
+        max_batch_bytes=s.get(
+            "max_batch_bytes",
+            d.max_batch_bytes,
+            _integer(1, 1024 * 1024 * 1024),
+            "an integer 1-1073741824",
+        ),
+        max_connections=s.get(
+            "max_connections", d.max_connections, _integer(1, 1_000_000), "an integer 1-1000000"
+        ),
+        request_read_timeout_s=s.get(
+            "request_read_timeout_s",
+            d.request_read_timeout_s,
+            _number(0, 86400, lo_open=True),
+            "a number > 0 and <= 86400",
+        ),
+        keepalive_s=s.get(
+            "keepalive_s",
+            d.keepalive_s,
+            _number(0, 86400, lo_open=True),
+            "a number > 0 and <= 86400",
+        ),
+        max_endpoints_per_tenant=s.get(
+            "max_endpoints_per_tenant",
+            d.max_endpoints_per_tenant,
+            _optional(_integer(1)),
+            "null or an integer >= 1",
+        ),
+    )
+
+
+def _optional(convert: Callable[[Any], T]) -> Callable[[Any], T | None]:
+    def optional(raw: Any) -> T | None:
+        return None if raw is None else convert(raw)
+
+    return optional
+
+
+def _read_retention(s: _Reader) -> RetentionConfig:
+    d = RetentionConfig()
+    return RetentionConfig(
+        days=s.get("days", d.days, _number(0, lo_open=True), "a number > 0"),
+    )
+
+
+def _read_log(s: _Reader) -> LogConfig:
+    return LogConfig(
+        level=s.get("level", "info", _choice("debug", "info", "warning", "error"), _LEVELS),
+        format=s.get("format", "text", _choice("text", "json"), "text or json"),
+    )
+
+
+def _read_metrics(s: _Reader) -> MetricsConfig:
+    return MetricsConfig(require_auth=s.get("require_auth", False, _boolean, "true or false"))
 
 
 _LEVELS = "one of debug, info, warning, error"
