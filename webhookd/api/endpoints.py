@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import ssl
+import tempfile
 from typing import Any
 
 from aiohttp import web
 from yarl import URL
 
-from webhookd import jsonio, signing
+from webhookd import jsonio, netguard, signing
 from webhookd.api import serialize
 from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response
 from webhookd.api.validate import (
     HEADER_NAME_RE,
+    Loc,
     Problems,
     boolean,
     number,
@@ -27,9 +30,10 @@ from webhookd.api.validate import (
     timestamp,
     unknown_fields,
 )
-from webhookd.config import EVENT_TYPE_RE, TENANT_RE, Config
+from webhookd.config import EVENT_TYPE_RE, PROXY_FORM, TENANT_RE, Config, proxy_url
 from webhookd.formats import FORMATS
 from webhookd.ids import new_id
+from webhookd.signing import REDACTED
 from webhookd.store.models import DELIVERY_STATES, Endpoint, NewEvent, NotFound
 from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms, to_rfc3339
@@ -49,6 +53,8 @@ MUTABLE = (
     "rate_limit_per_s",
     "max_in_flight",
     "ordered",
+    "proxy",
+    "tls",
 )
 RESERVED_HEADERS = {
     "content-type",
@@ -246,21 +252,53 @@ def validate_fields(
     body: dict[str, Any], request: web.Request, *, creating: bool, current: Endpoint | None
 ) -> dict[str, Any]:
     """Checked column values for the fields present in `body`."""
-    st = state(request)
-    config, store = st.config, st.store
+    config = state(request).config
     problems = Problems()
+    _check_names(body, creating, problems)
+    out: dict[str, Any] = {}
+    _plain_fields(body, request, creating, problems, out)
+    spec = _signing_fields(body, creating, current, problems, out)
+    _limit_fields(body, config, problems, out)
+    _scheme_change(current, spec, problems, out)
+    if "proxy" in body:
+        out["proxy"] = check_proxy(body["proxy"], config, current, problems)
+    if "tls" in body:
+        out["tls"] = check_tls(body["tls"], current, problems)
+    problems.raise_if_any()
+    if creating and "secret" not in out:
+        out["secret"] = signing.generate_secret()
+    if out.get("active"):
+        out["disabled_reason"] = None
+        if current is not None and not current.active:
+            # A fresh start: otherwise the first failure after re-enabling would count
+            # the whole disabled period and disable the endpoint again at once.
+            out["failing_since"] = None
+    return out
+
+
+def _check_names(body: dict[str, Any], creating: bool, problems: Problems) -> None:
     allowed = (*MUTABLE, "secret") if creating else MUTABLE
     unknown_fields(body, allowed, problems)
     if not creating and "secret" in body:
         problems.items[-1:] = []
         problems.add(("body", "secret"), "use POST /v1/endpoints/{id}/secret/rotate")
-    out: dict[str, Any] = {}
     if creating and "url" not in body:
         problems.add(("body", "url"), "field required")
+
+
+def _plain_fields(
+    body: dict[str, Any],
+    request: web.Request,
+    creating: bool,
+    problems: Problems,
+    out: dict[str, Any],
+) -> None:
+    """url, events, tenant, description, metadata, active and ordered."""
+    st = state(request)
     if "url" in body:
-        out["url"] = check_url(body["url"], config, problems)
+        out["url"] = check_url(body["url"], st.config, problems)
     if "events" in body:
-        out["events"] = check_events(body["events"], store, problems)
+        out["events"] = check_events(body["events"], st.store, problems)
     if "tenant" in body:
         out["tenant"] = check_tenant(body["tenant"], request, problems)
     elif creating:
@@ -273,34 +311,40 @@ def validate_fields(
     for key in ("active", "ordered"):
         if key in body:
             out[key] = boolean(body[key], ("body", key), problems)
+
+
+def _signing_fields(
+    body: dict[str, Any],
+    creating: bool,
+    current: Endpoint | None,
+    problems: Problems,
+    out: dict[str, Any],
+) -> signing.SignatureSpec:
+    """signature, secret, format and headers, which depend on the signature scheme; returns
+    the scheme the endpoint will have."""
     spec = current.signature if current else signing.SignatureSpec()
     if "signature" in body:
         checked = check_signature(body["signature"], problems)
-        if checked is not None:
-            spec = checked
-            out["signature"] = {
-                k: v
-                for k, v in (
-                    ("scheme", checked.scheme),
-                    ("header", checked.header),
-                    ("timestamp_header", checked.timestamp_header),
-                )
-                if v is not None
-            }
-        else:
-            out["signature"] = None
+        out["signature"] = None if checked is None else _stored_signature(checked)
+        spec = checked or spec
     if "secret" in body and creating:
         out["secret"] = check_secret(body["secret"], spec.scheme, problems)
     if "format" in body:
         out["format"] = check_format(body["format"], problems)
     if "headers" in body:
         out["headers"] = check_headers(body["headers"], spec, problems)
-    elif current is not None and "signature" in body and out.get("signature"):
+    elif current is not None and out.get("signature"):
         clash = set(spec.header_names()) & {h.lower() for h in current.headers}
         if clash:
             problems.add(
                 ("body", "signature"), f"the endpoint's custom headers already use {sorted(clash)}"
             )
+    return spec
+
+
+def _limit_fields(
+    body: dict[str, Any], config: Config, problems: Problems, out: dict[str, Any]
+) -> None:
     if "delay_s" in body:
         out["delay_s"] = number(body["delay_s"], ("body", "delay_s"), problems, lo=0, hi=604800)
     if "rate_limit_per_s" in body:
@@ -312,10 +356,10 @@ def validate_fields(
         )
     if "max_in_flight" in body:
         value = body["max_in_flight"]
-        if value is None:
-            out["max_in_flight"] = None
-        else:
-            n = number(
+        n = (
+            None
+            if value is None
+            else number(
                 value,
                 ("body", "max_in_flight"),
                 problems,
@@ -323,38 +367,176 @@ def validate_fields(
                 hi=config.delivery.workers,
                 integer=True,
             )
-            out["max_in_flight"] = int(n) if n is not None else None
+        )
+        out["max_in_flight"] = int(n) if n is not None else None
+
+
+def _scheme_change(
+    current: Endpoint | None, spec: signing.SignatureSpec, problems: Problems, out: dict[str, Any]
+) -> None:
+    """Moving to the standard scheme needs a secret that scheme can use."""
     if (
-        current is not None
-        and "signature" in body
-        and "headers" not in body
-        and out.get("signature")
+        current is None
+        or not out.get("signature")
+        or spec.scheme != "standard"
+        or current.signature.scheme == "standard"
     ):
-        pass
-    if (
-        current is not None
-        and out.get("signature")
-        and spec.scheme == "standard"
-        and current.signature.scheme != "standard"
-    ):
-        try:
-            signing.decode_standard_secret(current.secret)
-        except ValueError:
+        return
+    try:
+        signing.decode_standard_secret(current.secret)
+    except ValueError:
+        problems.add(
+            ("body", "signature", "scheme"),
+            "the current secret is not a whsec_ secret; rotate it with a new whsec_ secret first",
+        )
+
+
+def _stored_signature(spec: signing.SignatureSpec) -> dict[str, str]:
+    """The signature object as stored: only what the caller set, so defaults can change."""
+    pairs = (
+        ("scheme", spec.scheme),
+        ("header", spec.header),
+        ("timestamp_header", spec.timestamp_header),
+    )
+    return {k: v for k, v in pairs if v is not None}
+
+
+# --- how the endpoint is reached: proxy and TLS --------------------------------------
+
+TLS_PARTS = {"client_cert": 65536, "client_key": 65536, "ca": 1 << 19}  # longest PEM text
+
+
+def check_proxy(
+    value: Any, config: Config, current: Endpoint | None, problems: Problems
+) -> str | None:
+    """A forward proxy URL, or None (null: back to delivery.proxy). `[redacted]` in place
+    of the password, as answers show it, keeps the stored password."""
+    loc = ("body", "proxy")
+    if value is None:
+        return None
+    if isinstance(value, str) and serialize.split_proxy(value)[2] == REDACTED:
+        value = _unredact_proxy(value, current)
+        if value is None:
             problems.add(
-                ("body", "signature", "scheme"),
-                "the current secret is not a whsec_ secret; rotate it with a new whsec_ "
-                "secret first",
+                loc,
+                f"{REDACTED} stands for the stored password, and this endpoint has no proxy "
+                "password for that user; give the password itself",
             )
-    problems.raise_if_any()
-    if creating and "secret" not in out:
-        out["secret"] = signing.generate_secret()
-    if out.get("active"):
-        out["disabled_reason"] = None
-        if current is not None and not current.active:
-            # A fresh start: otherwise the first failure after re-enabling would count
-            # the whole disabled period and disable the endpoint again at once.
-            out["failing_since"] = None
-    return out
+            return None
+    try:
+        text = proxy_url(value)
+    except ValueError as exc:  # the reason never quotes the value (it may hold a password)
+        problems.add(loc, f"expected {PROXY_FORM}: {exc}")
+        return None
+    ip = netguard.parse_host_address(URL(text).raw_host or "")
+    if ip is not None and not netguard.AddressPolicy(config.security.allow_networks).is_allowed(ip):
+        problems.add(
+            loc,
+            f"the proxy's address {netguard.address_text(ip)} is refused by the address "
+            "policy; add its network to security.allow_networks to allow it",
+        )
+        return None
+    return text
+
+
+def _unredact_proxy(value: str, current: Endpoint | None) -> str | None:
+    """`value` with the stored password of the same user put back, or None if none."""
+    if current is None or current.proxy is None:
+        return None
+    prefix, user, _, hostport = serialize.split_proxy(value)
+    _, stored_user, stored_password, _ = serialize.split_proxy(current.proxy)
+    if stored_password is None or stored_user != user:
+        return None
+    return f"{prefix}{user}:{stored_password}@{hostport}"
+
+
+def check_tls(value: Any, current: Endpoint | None, problems: Problems) -> dict[str, str] | None:
+    """TLS material as PEM texts, each loaded into an SSLContext to prove it is usable.
+
+    Messages name the part at fault and never quote it: a key is a secret."""
+    loc = ("body", "tls")
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        problems.add(
+            loc,
+            "expected null or an object with client_cert and client_key (PEM), ca (PEM "
+            "bundle), or all three",
+        )
+        return None
+    start = len(problems.items)
+    unknown_fields(value, TLS_PARTS, problems, loc)
+    texts: dict[str, str] = {}
+    for part, max_len in TLS_PARTS.items():
+        if part in value:
+            text = string(value[part], (*loc, part), problems, max_len=max_len, min_len=1)
+            if text is not None:
+                texts[part] = text
+    if len(problems.items) > start:
+        return None
+    if texts.get("client_key") == REDACTED:
+        stored = current.tls.client_key if current is not None and current.tls else None
+        if stored is None:
+            problems.add(
+                (*loc, "client_key"),
+                f"{REDACTED} keeps the stored key, but this endpoint has none; give the key",
+            )
+            return None
+        texts["client_key"] = stored
+    if ("client_cert" in texts) != ("client_key" in texts):
+        problems.add(loc, "client_cert and client_key go together: give both or neither")
+        return None
+    return texts if _tls_loads(texts, loc, problems) else None
+
+
+def _tls_loads(texts: dict[str, str], loc: Loc, problems: Problems) -> bool:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ok = True
+    if "client_cert" in texts:
+        if not _loads_ca(texts["client_cert"]):
+            problems.add((*loc, "client_cert"), "expected a PEM certificate (chain)")
+            ok = False
+        elif not _loads_cert_chain(ctx, texts["client_cert"], texts["client_key"]):
+            problems.add(
+                (*loc, "client_key"),
+                "expected the unencrypted PEM private key of client_cert",
+            )
+            ok = False
+    if "ca" in texts and not _loads_ca(texts["ca"]):
+        problems.add((*loc, "ca"), "expected a PEM bundle of one or more certificates")
+        ok = False
+    return ok
+
+
+def _loads_ca(pem: str) -> bool:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        ctx.load_verify_locations(cadata=pem)
+    except (ssl.SSLError, ValueError, TypeError):
+        return False
+    return ctx.cert_store_stats()["x509"] > 0
+
+
+class _Encrypted(Exception):
+    pass
+
+
+def _no_password() -> str:
+    # Without a callback OpenSSL would prompt on the terminal for an encrypted key.
+    raise _Encrypted
+
+
+def _loads_cert_chain(ctx: ssl.SSLContext, cert: str, key: str) -> bool:
+    """Whether `key` is the private key of `cert`, as OpenSSL sees it. ssl reads them only
+    from a file: one readable by this user alone (mkstemp's 0600), deleted at once."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", suffix=".pem") as f:
+        f.write(f"{key.strip()}\n{cert.strip()}\n")
+        f.flush()
+        try:
+            ctx.load_cert_chain(f.name, password=_no_password)
+        except (ssl.SSLError, ValueError, OSError, _Encrypted):
+            return False
+    return True
 
 
 async def create(request: web.Request) -> web.Response:

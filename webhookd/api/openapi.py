@@ -80,6 +80,58 @@ ENDPOINT_FIELDS: J = {
     "rate_limit_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10000},
     "max_in_flight": {"type": ["integer", "null"], "minimum": 1},
     "ordered": {"type": "boolean"},
+    "proxy": {
+        "type": ["string", "null"],
+        "maxLength": 2048,
+        "pattern": "^[Hh][Tt][Tt][Pp]://",
+        "description": (
+            "A forward proxy for this endpoint's requests, http://host:port or "
+            "http://user:pass@host:port (port 80 when absent; CONNECT for https targets), "
+            "overriding delivery.proxy; null: delivery.proxy. Answers show the password as "
+            "[redacted], and sending [redacted] back keeps the stored password."
+        ),
+    },
+    "tls": {
+        "type": ["object", "null"],
+        "properties": {
+            "client_cert": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 65536,
+                "description": "PEM client certificate (chain) for mutual TLS.",
+            },
+            "client_key": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 65536,
+                "writeOnly": True,
+                "description": (
+                    "The unencrypted PEM private key of client_cert. Write-only: answers "
+                    "show [redacted], and sending [redacted] back keeps the stored key."
+                ),
+            },
+            "ca": {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": 524288,
+                "description": "PEM bundle trusted for this endpoint instead of the system store.",
+            },
+        },
+        "additionalProperties": False,
+        "minProperties": 1,
+        "dependentRequired": {"client_cert": ["client_key"], "client_key": ["client_cert"]},
+        "description": "TLS material for this endpoint; null: none (the system trust store).",
+    },
+}
+TLS_OUT: J = {
+    "type": ["object", "null"],
+    "properties": {
+        "client_cert": {"type": "string"},
+        "client_key": {"type": "string", "const": "[redacted]"},
+        "ca": {"type": "string"},
+    },
+    "additionalProperties": False,
+    "description": "The TLS material set; the private key is shown as [redacted].",
 }
 ENDPOINT_OUT: J = obj(
     [
@@ -98,11 +150,14 @@ ENDPOINT_OUT: J = obj(
         "rate_limit_per_s",
         "max_in_flight",
         "ordered",
+        "proxy",
+        "tls",
         "created_at",
         "updated_at",
     ],
     {
         **ENDPOINT_FIELDS,
+        "tls": TLS_OUT,
         "id": {"type": "string"},
         "tenant": NULLABLE_STRING,
         "disabled_reason": {"type": ["string", "null"], "enum": ["gone", "failing", None]},
@@ -368,10 +423,11 @@ PAGING = [
 WINDOW = [query("since", TIME), query("until", TIME)]
 LIST_ERRORS = (403, 422)
 EP = [path_param("endpoint_id")]
+BODY_ERRORS = (400, 404, 413, 422)
 
 
-def _paths() -> J:
-    body_errors = (400, 404, 413, 422)
+def _operations_paths() -> J:
+    """The unauthenticated operational routes and /metrics."""
     return {
         "/healthz": {"get": op("Liveness", 200, "Health", (), public=True)},
         "/readyz": {
@@ -407,6 +463,12 @@ def _paths() -> J:
                 },
             }
         },
+    }
+
+
+def _event_type_paths() -> J:
+    """The event-type catalog."""
+    return {
         "/v1/event-types": {
             "get": op("List event types", 200, "EventTypePage", (422,), params=PAGING),
             "post": op(
@@ -420,6 +482,12 @@ def _paths() -> J:
         "/v1/event-types/{name}": {
             "delete": op("Delete an event type", 204, None, (404, 409), params=[path_param("name")])
         },
+    }
+
+
+def _endpoint_paths() -> J:
+    """Endpoints: create, list, get, change, delete."""
+    return {
         "/v1/endpoints": {
             "get": op(
                 "List endpoints",
@@ -446,7 +514,7 @@ def _paths() -> J:
                 "Change an endpoint",
                 200,
                 "Endpoint",
-                (*body_errors, 403),
+                (*BODY_ERRORS, 403),
                 body="EndpointPatch",
                 params=EP,
             ),
@@ -458,6 +526,12 @@ def _paths() -> J:
                 params=EP,
             ),
         },
+    }
+
+
+def _endpoint_operation_paths() -> J:
+    """What is done to one endpoint: its secret, tests, recovery, stats."""
+    return {
         "/v1/endpoints/{endpoint_id}/secret": {
             "get": op("The endpoint's signing secret", 200, "Secret", (404,), params=EP)
         },
@@ -466,7 +540,7 @@ def _paths() -> J:
                 "Rotate the secret; the old one keeps signing for grace_s",
                 200,
                 "RotateResult",
-                body_errors,
+                BODY_ERRORS,
                 body="RotateRequest",
                 body_required=False,
                 params=EP,
@@ -477,7 +551,7 @@ def _paths() -> J:
                 "Send a test event to this endpoint only",
                 202,
                 "TestResult",
-                (*body_errors, 409),
+                (*BODY_ERRORS, 409),
                 body="TestRequest",
                 body_required=False,
                 params=EP,
@@ -488,7 +562,7 @@ def _paths() -> J:
                 "Requeue failed and skipped deliveries created in a window",
                 202,
                 "RecoverResult",
-                body_errors,
+                BODY_ERRORS,
                 body="RecoverRequest",
                 params=EP,
             )
@@ -496,6 +570,12 @@ def _paths() -> J:
         "/v1/endpoints/{endpoint_id}/stats": {
             "get": op("Delivery statistics", 200, "Stats", (404,), params=EP)
         },
+    }
+
+
+def _event_paths() -> J:
+    """Publishing and reading events."""
+    return {
         "/v1/events": {
             "get": op(
                 "List events",
@@ -547,6 +627,12 @@ def _paths() -> J:
                 params=[path_param("event_id")],
             )
         },
+    }
+
+
+def _delivery_paths() -> J:
+    """The delivery log and manual retries."""
+    return {
         "/v1/deliveries": {
             "get": op(
                 "List deliveries",
@@ -582,6 +668,17 @@ def _paths() -> J:
                 params=[path_param("delivery_id")],
             )
         },
+    }
+
+
+def _paths() -> J:
+    return {
+        **_operations_paths(),
+        **_event_type_paths(),
+        **_endpoint_paths(),
+        **_endpoint_operation_paths(),
+        **_event_paths(),
+        **_delivery_paths(),
     }
 
 

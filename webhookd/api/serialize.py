@@ -7,7 +7,16 @@ from typing import Any
 import orjson
 
 from webhookd.config import Config
-from webhookd.store.models import Attempt, Delivery, Endpoint, Event, EventType, PublishResult
+from webhookd.signing import REDACTED
+from webhookd.store.models import (
+    Attempt,
+    Delivery,
+    Endpoint,
+    EndpointTLS,
+    Event,
+    EventType,
+    PublishResult,
+)
 from webhookd.timefmt import to_rfc3339
 
 
@@ -28,11 +37,49 @@ def endpoint(ep: Endpoint, config: Config, *, with_secret: bool = False) -> dict
         "rate_limit_per_s": _num(ep.rate_limit_per_s),
         "max_in_flight": ep.max_in_flight or config.delivery.max_in_flight_per_endpoint,
         "ordered": ep.ordered,
+        "proxy": redacted_proxy(ep.proxy),
+        "tls": redacted_tls(ep.tls),
         "created_at": to_rfc3339(ep.created_at),
         "updated_at": to_rfc3339(ep.updated_at),
     }
     if with_secret:
         out["secret"] = ep.secret
+    return out
+
+
+def split_proxy(url: str) -> tuple[str, str | None, str | None, str]:
+    """`http://user:pass@host:port` as ("http://", user, password, "host:port"), split on
+    the text (the last "@" ends the credentials, the first ":" in them starts the
+    password), so that a password can be swapped without re-encoding the rest."""
+    prefix, sep, rest = url.partition("://")
+    userinfo, at, hostport = rest.rpartition("@")
+    if not sep or not at:
+        return f"{prefix}{sep}", None, None, rest
+    user, colon, password = userinfo.partition(":")
+    return f"{prefix}{sep}", user, password if colon else None, hostport
+
+
+def redacted_proxy(url: str | None) -> str | None:
+    """The proxy URL with its password, if any, shown as [redacted]."""
+    if url is None:
+        return None
+    prefix, user, password, hostport = split_proxy(url)
+    if password is None:
+        return url
+    return f"{prefix}{user}:{REDACTED}@{hostport}"
+
+
+def redacted_tls(tls: EndpointTLS | None) -> dict[str, str] | None:
+    """The TLS parts that are set; the private key as [redacted] (it is write-only)."""
+    if tls is None:
+        return None
+    out: dict[str, str] = {}
+    if tls.client_cert is not None:
+        out["client_cert"] = tls.client_cert
+    if tls.client_key is not None:
+        out["client_key"] = REDACTED
+    if tls.ca is not None:
+        out["ca"] = tls.ca
     return out
 
 
