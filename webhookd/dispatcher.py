@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -27,7 +28,14 @@ from dataclasses import dataclass, field
 from webhookd import delivery, formats, http1, signing
 from webhookd.config import DeliveryConfig
 from webhookd.retry import next_delay_s, parse_retry_after
-from webhookd.store.models import Attempt, Claimed, Endpoint, Outcome, StorageError
+from webhookd.store.models import (
+    Attempt,
+    Claimed,
+    Endpoint,
+    EndpointTLS,
+    Outcome,
+    StorageError,
+)
 from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms, to_rfc3339
 
@@ -69,6 +77,73 @@ class Stats:
     extra: dict[str, int] = field(default_factory=dict)
 
 
+def _offer(st: _EndpointState, now: int, room: int, prefetch: int, free: int) -> int:
+    """Slots an endpoint with nothing due offers to publishing: what is published for it
+    now may come straight here, within the free workers (see store/handoff.py)."""
+    if (st.next_due is None or st.next_due > now) and prefetch and room > 0 and free > 0:
+        return min(room, free)
+    return 0
+
+
+def _claim_due(ep: Endpoint, st: _EndpointState, room: int, queue_cap: int) -> float | None:
+    """When this endpoint's next claim may happen, or None if it has nothing to claim or no
+    room (its claimed-ahead queue is full)."""
+    if st.next_due is None or room <= 0 or len(st.ready) >= queue_cap:
+        return None
+    due: float = st.next_due
+    if ep.rate_limit_per_s:
+        due = max(due, st.next_send)
+    return due
+
+
+def _attempt_record(c: Claimed, resp: delivery.Response, fmt: str, started_at: int) -> Attempt:
+    return Attempt(
+        number=c.attempt_count + 1,
+        started_at=started_at,
+        duration_ms=resp.duration_ms,
+        trigger="manual" if c.manual else "scheduled",
+        format=fmt,
+        request_headers=resp.request_headers,
+        status_code=resp.status_code,
+        response_headers=resp.headers,
+        response_body=resp.body,
+        error_kind=resp.error_kind,
+        error_message=resp.error_message,
+    )
+
+
+def _outcome(
+    c: Claimed,
+    attempt: Attempt,
+    success: bool,
+    status: str,
+    *,
+    next_at: int | None = None,
+    failures: int | None = None,
+    format_index: int | None = None,
+    disable: str | None = None,
+) -> Outcome:
+    return Outcome(
+        delivery_id=c.delivery_id,
+        endpoint_id=c.endpoint_id,
+        attempt=attempt,
+        status=status,
+        next_attempt_at=next_at,
+        failures=c.failures if failures is None else failures,
+        format_index=c.format_index if format_index is None else format_index,
+        success=success,
+        disable_reason=disable,
+    )
+
+
+def _without_proxy_auth(headers: dict[str, str]) -> dict[str, str]:
+    """The proxy's credentials are not part of what the receiver got: keep them out of
+    the attempt log."""
+    if not any(k.lower() == "proxy-authorization" for k in headers):
+        return headers
+    return {k: v for k, v in headers.items() if k.lower() != "proxy-authorization"}
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -86,6 +161,8 @@ class Dispatcher:
         self.on_outcome = on_outcome
         self._states: dict[str, _EndpointState] = {}
         self._tasks: dict[str, _Task] = {}
+        # endpoint id -> (its proxy, its tls, the Route built from them and delivery.proxy)
+        self._routes: dict[str, tuple[str | None, EndpointTLS | None, http1.Route]] = {}
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._event_loop: asyncio.AbstractEventLoop | None = None
@@ -109,6 +186,8 @@ class Dispatcher:
         return self._loop_task is not None and not self._loop_task.done() and not self._stopping
 
     def update_config(self, config: DeliveryConfig) -> None:
+        if config.proxy != self.config.proxy:
+            self._routes.clear()  # endpoints without their own proxy now use the new one
         self.config = config
         self._wake.set()
 
@@ -125,6 +204,7 @@ class Dispatcher:
             self.notify(endpoint_id, due)
 
     def forget(self, endpoint_id: str) -> None:
+        self._routes.pop(endpoint_id, None)
         st = self._states.get(endpoint_id)
         if st is not None and st.in_flight == 0:
             del self._states[endpoint_id]
@@ -193,44 +273,41 @@ class Dispatcher:
         offered = 0
         wake_at: float | None = None
         endpoints = self.store.endpoints
-        offers_store = self.store.offers
         for endpoint_id, st in list(self._states.items()):
             ep = endpoints.get(endpoint_id)
-            if ep is None:
-                if st.in_flight == 0:
-                    del self._states[endpoint_id]
-                continue
-            if not ep.active and st.ready:
-                self._start_ready(endpoint_id)  # they are skipped, not sent
-            if not ep.active:
+            if ep is None or not ep.active:
+                self._idle(endpoint_id, st, ep)
                 continue
             limit = self._limit(ep)
             prefetch = 0 if ep.ordered or ep.rate_limit_per_s else CLAIM_AHEAD * limit
             room = limit + prefetch - st.in_flight - len(st.ready)
-            if st.next_due is None or st.next_due > now:
-                # Nothing of this endpoint is due: what is published for it now may come
-                # straight here, within the free workers (see store/handoff.py).
-                if prefetch and room > 0 and offered < free:
-                    offers[endpoint_id] = n = min(room, free - offered)
-                    offered += n
-                if st.next_due is None:
-                    continue
-            if room <= 0 or len(st.ready) >= max(prefetch, limit):
+            offer = _offer(st, now, room, prefetch, free - offered)
+            if offer:
+                offers[endpoint_id] = offer
+                offered += offer
+            due = _claim_due(ep, st, room, max(prefetch, limit))
+            if due is None:
                 continue
-            due: float = st.next_due
-            if ep.rate_limit_per_s:
-                due = max(due, st.next_send)
-                room = min(room, 1)
             if due > now:
                 wake_at = due if wake_at is None else min(wake_at, due)
                 continue
-            wants[endpoint_id] = room
-        offers_store.replace(offers)
+            wants[endpoint_id] = min(room, 1) if ep.rate_limit_per_s else room
+        self.store.offers.replace(offers)
         if free <= 0:
             return {}, None
         if sum(wants.values()) > free:
             wants = self._share(wants, free)
         return wants, wake_at
+
+    def _idle(self, endpoint_id: str, st: _EndpointState, ep: Endpoint | None) -> None:
+        """An endpoint that takes no deliveries: forget a deleted one once its requests are
+        over; give back a disabled one's claimed-ahead deliveries (they are skipped)."""
+        if ep is None:
+            if st.in_flight == 0:
+                del self._states[endpoint_id]
+                self._routes.pop(endpoint_id, None)
+        elif st.ready:
+            self._start_ready(endpoint_id)
 
     def _share(self, wants: dict[str, int], free: int) -> dict[str, int]:
         """Spread the free workers over the due endpoints, one at a time round robin."""
@@ -410,6 +487,26 @@ class Dispatcher:
                     self._start_ready(endpoint_id)
         self._wake.set()
 
+    def _route(self, ep: Endpoint) -> http1.Route:
+        """How `ep` is reached: its proxy, else delivery.proxy, and its TLS material. Built
+        once per endpoint version, not per delivery: the endpoint object is replaced on
+        every health update, but its proxy and tls objects are carried over unchanged, so
+        they are what the cache compares (by identity)."""
+        cached = self._routes.get(ep.id)
+        if cached is not None and cached[0] is ep.proxy and cached[1] is ep.tls:
+            return cached[2]
+        tls = ep.tls
+        route = http1.Route(
+            proxy=ep.proxy or self.config.proxy,
+            client_cert=tls.client_cert if tls else None,
+            client_key=tls.client_key if tls else None,
+            ca=tls.ca if tls else None,
+        )
+        if route == http1.DIRECT:
+            route = http1.DIRECT
+        self._routes[ep.id] = (ep.proxy, ep.tls, route)
+        return route
+
     async def _attempt(self, c: Claimed, ep: Endpoint) -> tuple[delivery.Response, str, int]:
         fmt = ep.formats[min(c.format_index, len(ep.formats) - 1)]
         ev = c.event
@@ -433,6 +530,7 @@ class Dispatcher:
                 ep.signature, ep.signing_secrets(started_at), ev.id, started_at // 1000, body
             )
         )
+        route = self._route(ep)
         resp = await delivery.send(
             self.client,
             ep.url,
@@ -440,7 +538,10 @@ class Dispatcher:
             headers,
             timeout_s=self.config.timeout_s,
             max_response_bytes=self.config.max_response_bytes,
+            route=route,
         )
+        if route.proxy is not None:
+            resp.request_headers = _without_proxy_auth(resp.request_headers)
         if ep.signature.scheme == "token":
             resp.request_headers = signing.redact(ep.signature, resp.request_headers)
         return resp, fmt, started_at
@@ -449,73 +550,40 @@ class Dispatcher:
         self, c: Claimed, ep: Endpoint, resp: delivery.Response, fmt: str, started_at: int
     ) -> Outcome:
         now = now_ms()
-        number = c.attempt_count + 1
-        attempt = Attempt(
-            number=number,
-            started_at=started_at,
-            duration_ms=resp.duration_ms,
-            trigger="manual" if c.manual else "scheduled",
-            format=fmt,
-            request_headers=resp.request_headers,
-            status_code=resp.status_code,
-            response_headers=resp.headers,
-            response_body=resp.body,
-            error_kind=resp.error_kind,
-            error_message=resp.error_message,
-        )
+        made = functools.partial(_outcome, c, _attempt_record(c, resp, fmt, started_at), resp.ok)
         gone = resp.status_code == 410 or (
             (resp.header("webhook-delivery") or "").strip().lower() == "disable"
         )
-
-        def outcome(
-            status: str,
-            next_at: int | None = None,
-            failures: int = c.failures,
-            format_index: int = c.format_index,
-            disable: str | None = None,
-        ) -> Outcome:
-            return Outcome(
-                delivery_id=c.delivery_id,
-                endpoint_id=c.endpoint_id,
-                attempt=attempt,
-                status=status,
-                next_attempt_at=next_at,
-                failures=failures,
-                format_index=format_index,
-                success=resp.ok,
-                disable_reason=disable,
-            )
-
         # The endpoint as it is now, not as it was when the request started: another
         # attempt or an operator may have disabled it meanwhile. A disabled endpoint is
         # not disabled twice, and its failed delivery is skipped instead of rescheduled.
         current = self.store.endpoints.get(c.endpoint_id)
         disabled = current is not None and not current.active
         if resp.ok:
-            return outcome("delivered", disable="gone" if gone and not disabled else None)
+            return made("delivered", disable="gone" if gone and not disabled else None)
         if gone or disabled:
-            return outcome("skipped", disable="gone" if gone and not disabled else None)
+            return made("skipped", disable="gone" if gone and not disabled else None)
         if (
             ep.failing_since is not None
             and now - ep.failing_since >= self.config.disable_after_s * 1000
         ):
-            return outcome("skipped", disable="failing")
+            return made("skipped", disable="failing")
         if c.manual:
             # A manual attempt that fails is not retried; a delivery that was waiting for
             # its next scheduled attempt keeps that appointment.
             if c.resume_at is not None:
-                return outcome("pending", next_at=c.resume_at)
-            return outcome("failed")
+                return made("pending", next_at=c.resume_at)
+            return made("failed")
         if c.format_index + 1 < len(ep.formats):
-            return outcome("pending", next_at=now, format_index=c.format_index + 1)
+            return made("pending", next_at=now, format_index=c.format_index + 1)
         failures = c.failures + 1
         retry_after = parse_retry_after(resp.header("Retry-After"), time.time())
         delay = next_delay_s(
             self.config.retry_schedule_s, failures, self.config.jitter, retry_after, self.rand
         )
         if delay is None:
-            return outcome("failed", failures=failures)
-        return outcome("pending", next_at=now + int(delay * 1000), failures=failures)
+            return made("failed", failures=failures)
+        return made("pending", next_at=now + int(delay * 1000), failures=failures)
 
     def _count(self, o: Outcome) -> None:
         self.stats.attempts += 1
