@@ -1,14 +1,20 @@
 """Prometheus metrics at /metrics, all named `webhookd_…`.
 
-Counters and histograms are updated as things happen (publishing, each attempt, each
-finished delivery); the backlog gauges are read from the store when scraped, so they cost
-nothing between scrapes.
+Counters and histograms are prometheus_client's own types, updated as things happen
+(publishing, each attempt, each finished delivery). The backlog gauges and the database
+writer's figures are read from the store when scraped, so they cost nothing between
+scrapes.
+
+Measured before switching from hand-rolled counters to the library's (a loop calling
+`Metrics.outcome` for 100,000 outcomes, one in ten a failure, median of 9 interleaved
+rounds, on a 2-core VM): 0.94 us per delivery hand-rolled, 2.93 us with prometheus_client
+and each label set's child kept, 4.5 us calling `.labels()` every time. The 2.0 us
+difference is 1.1-1.3 % of the 150-190 us of CPU a delivery costs in all, so the
+library's types are used, with the children kept in dicts (which saves the other 1.6 us).
 """
 
 from __future__ import annotations
 
-import bisect
-import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -16,14 +22,17 @@ from aiohttp import web
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
+    Counter,
     Gauge,
+    Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from webhookd.store.models import Claimed, Endpoint, Outcome
-from webhookd.store.writer import COMMIT_BUCKETS
+from webhookd.store.writer import COMMIT_BUCKETS, Writer
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
@@ -34,100 +43,83 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 60, 300, 
 FINAL = ("delivered", "failed", "skipped")
 _STATUS_CLASS = {code: f"{code // 100}xx" for code in range(100, 600)}
 
-
-class _Histogram:
-    """A histogram kept as plain numbers: one bisect and two additions per observation,
-    where prometheus_client's takes a lock per bucket step. Read by _PerAttempt."""
-
-    def __init__(self, name: str, documentation: str, bounds: tuple[float, ...]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.sum += value
-
-    def family(self) -> HistogramMetricFamily:
-        cumulative: list[tuple[str, float]] = []
-        total = 0
-        for bound, count in zip((*self.bounds, math.inf), self.counts, strict=True):
-            total += count
-            cumulative.append(("+Inf" if bound == math.inf else repr(float(bound)), total))
-        family = HistogramMetricFamily(self.name, self.documentation)
-        family.add_metric([], cumulative, self.sum)
-        return family
+# No `_created` series: in the Prometheus text format each would be one more gauge per
+# counter, histogram and label set, which no dashboard of ours reads. (A process-wide
+# switch of the library; this process exposes only these metrics.)
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
-class _PerAttempt(Collector):
-    """The metrics that change on every publish and attempt, counted in plain dicts and
-    numbers on the event loop and turned into Prometheus families only when scraped."""
+class _WriterStats(Collector):
+    """The database writer's own counters (kept by the writer in its thread), read when
+    scraped."""
 
     def __init__(self) -> None:
-        self.published = 0
-        # The database writer's counters, copied in at scrape time.
-        self.transactions = 0
-        self.transaction_s = 0.0
-        self.commit = _Histogram(
-            "webhookd_store_commit_seconds",
-            "Duration of each COMMIT of a write transaction (mostly waiting for the disk to sync).",
-            COMMIT_BUCKETS,
-        )
-        self.attempts: dict[tuple[str, str], int] = {}
-        self.finished: dict[str, int] = {}
-        self.duration = _Histogram(
-            "webhookd_attempt_duration_seconds", "Duration of one HTTP attempt.", DURATION_BUCKETS
-        )
-        self.latency = _Histogram(
-            "webhookd_delivery_latency_seconds",
-            "From publish to the successful attempt's start.",
-            LATENCY_BUCKETS,
-        )
+        self.writer: Writer | None = None
 
     def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "webhookd_events_published", "Events accepted and committed.", self.published
-        )
-        attempts = CounterMetricFamily(
-            "webhookd_attempts",
-            "Delivery attempts by outcome (success, http_error or an error kind) and status class.",
-            labels=["outcome", "status_class"],
-        )
-        for (outcome, status_class), n in sorted(self.attempts.items()):
-            attempts.add_metric([outcome, status_class], n)
-        yield attempts
-        finished = CounterMetricFamily(
-            "webhookd_deliveries_finished",
-            "Deliveries that reached a final state.",
-            labels=["status"],
-        )
-        for status, n in sorted(self.finished.items()):
-            finished.add_metric([status], n)
-        yield finished
-        yield self.duration.family()
-        yield self.latency.family()
+        w = self.writer
         yield CounterMetricFamily(
             "webhookd_store_transactions",
             "Write transactions committed (each holds every write queued meanwhile).",
-            self.transactions,
+            w.commits if w else 0,
         )
         yield CounterMetricFamily(
             "webhookd_store_transaction_seconds",
             "Time the database thread spent in write transactions; its rate is how busy "
             "the one writer is (1 = always).",
-            self.transaction_s,
+            w.busy_s if w else 0.0,
         )
-        yield self.commit.family()
+        counts = list(w.commit_counts) if w else [0] * (len(COMMIT_BUCKETS) + 1)
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*COMMIT_BUCKETS, None), counts, strict=True):
+            total += count
+            cumulative.append(("+Inf" if bound is None else repr(float(bound)), total))
+        commit = HistogramMetricFamily(
+            "webhookd_store_commit_seconds",
+            "Duration of each COMMIT of a write transaction (mostly waiting for the disk to sync).",
+        )
+        commit.add_metric([], cumulative, w.commit_s if w else 0.0)
+        yield commit
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.per_attempt = _PerAttempt()
-        r.register(self.per_attempt)
+        self._published = Counter(
+            "webhookd_events_published", "Events accepted and committed.", registry=r
+        )
+        self._attempts = Counter(
+            "webhookd_attempts",
+            "Delivery attempts by outcome (success, http_error or an error kind) and status class.",
+            ["outcome", "status_class"],
+            registry=r,
+        )
+        self._finished = Counter(
+            "webhookd_deliveries_finished",
+            "Deliveries that reached a final state.",
+            ["status"],
+            registry=r,
+        )
+        self._duration = Histogram(
+            "webhookd_attempt_duration_seconds",
+            "Duration of one HTTP attempt.",
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self._latency = Histogram(
+            "webhookd_delivery_latency_seconds",
+            "From publish to the successful attempt's start.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        # `.labels()` validates and locks on every call; a label set's child, kept, is
+        # 1.6 us per delivery cheaper (see the module docstring).
+        self._attempt_children: dict[tuple[str, str], Counter] = {}
+        self._finished_children: dict[str, Counter] = {}
+        self._writer_stats = _WriterStats()
+        r.register(self._writer_stats)
         self.pending = Gauge("webhookd_pending_deliveries", "Deliveries waiting.", registry=r)
         self.oldest_due = Gauge(
             "webhookd_oldest_due_delivery_age_seconds",
@@ -143,21 +135,26 @@ class Metrics:
         )
 
     def published(self, n: int) -> None:
-        self.per_attempt.published += n
+        self._published.inc(n)
 
     def outcome(self, c: Claimed, ep: Endpoint, o: Outcome) -> None:
         a = o.attempt
         code = a.status_code
         status_class = _STATUS_CLASS.get(code, "none") if code is not None else "none"
         kind = "success" if o.success else a.error_kind or "http_error"
-        per = self.per_attempt
         key = (kind, status_class)
-        per.attempts[key] = per.attempts.get(key, 0) + 1
-        per.duration.observe(a.duration_ms / 1000)
+        attempts = self._attempt_children.get(key)
+        if attempts is None:
+            attempts = self._attempt_children[key] = self._attempts.labels(kind, status_class)
+        attempts.inc()
+        self._duration.observe(a.duration_ms / 1000)
         if o.status in FINAL:
-            per.finished[o.status] = per.finished.get(o.status, 0) + 1
+            finished = self._finished_children.get(o.status)
+            if finished is None:
+                finished = self._finished_children[o.status] = self._finished.labels(o.status)
+            finished.inc()
         if o.success:
-            per.latency.observe(max(a.started_at - c.event.created_at, 0) / 1000)
+            self._latency.observe(max(a.started_at - c.event.created_at, 0) / 1000)
 
     async def refresh(self, state: State) -> None:
         store = state.store
@@ -168,13 +165,7 @@ class Metrics:
         self.endpoints.set(len(endpoints))
         self.disabled.set(sum(1 for e in endpoints if not e.active))
         self.in_flight.set(state.dispatcher.stats.in_flight if state.dispatcher else 0)
-        writer = store.writer
-        if writer is not None:
-            per = self.per_attempt
-            per.transactions = writer.commits
-            per.transaction_s = writer.busy_s
-            per.commit.counts = list(writer.commit_counts)
-            per.commit.sum = writer.commit_s
+        self._writer_stats.writer = store.writer
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
