@@ -220,7 +220,8 @@ async def test_response_one_byte_per_write(client: http1.Client) -> None:
 
 
 async def test_long_head_one_byte_per_write(client: http1.Client) -> None:
-    lines = b"".join(b"X-Line-%d: %s\r\n" % (i, b"v" * (i % 50)) for i in range(300))
+    count = http1.MAX_FIELDS - 1  # and Content-Length
+    lines = b"".join(b"X-Line-%d: %s\r\n" % (i, b"v" * (i % 50)) for i in range(count))
     response = b"HTTP/1.1 200 OK\r\n" + lines + b"Content-Length: 2\r\n\r\nok"
 
     async def drip(peer: Peer) -> None:
@@ -229,8 +230,8 @@ async def test_long_head_one_byte_per_write(client: http1.Client) -> None:
 
     async with raw_server(drip) as server:
         answer = await post(client, server.url)
-    assert len(answer.headers) == 301
-    assert answer.headers["X-Line-299"] == "v" * 49
+    assert len(answer.headers) == http1.MAX_FIELDS
+    assert answer.headers["X-Line-98"] == "v" * 48
     assert answer.body == b"ok"
 
 
@@ -309,14 +310,13 @@ async def test_chunked_body_in_tiny_pieces(client: http1.Client, piece: int) -> 
     assert server.connections == 1
 
 
-async def test_chunked_wins_over_content_length_and_the_connection_is_not_kept(
-    client: http1.Client,
-) -> None:
-    response = CHUNKED.replace(b"\r\n\r\n", b"\r\nContent-Length: 3\r\n\r\n", 1)
-    async with raw_server(each(response)) as server:
-        assert (await post(client, server.url)).body == b"hello world-wide"
-        assert (await post(client, server.url)).body == b"hello world-wide"
-    assert server.connections == 2
+async def test_chunked_with_content_length_is_refused(client: http1.Client) -> None:
+    # Two framings: a smuggling attempt or a broken stack; llhttp refuses the message.
+    for extra in (b"Content-Length: 3\r\n", b"content-length: 3\r\n"):
+        response = CHUNKED.replace(b"\r\n\r\n", b"\r\n" + extra + b"\r\n", 1)
+        failure = await answer_and_hold(response, client)
+        assert failure.kind == "invalid_response", failure.message
+        assert "Content-Length" in failure.message
 
 
 @pytest.mark.parametrize(
@@ -491,50 +491,17 @@ async def web_server(
         await runner.cleanup()
 
 
-async def test_a_repeated_head_is_parsed_once_and_answers_stay_independent(
-    client: http1.Client,
-) -> None:
-    http1._HEADS.clear()
+async def test_repeated_answers_stay_independent(client: http1.Client) -> None:
     response = b"HTTP/1.1 201 Created\r\nX-A: 1\r\nX-A: 2\r\nContent-Length: 2\r\n\r\nok"
-    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
     async with raw_server(each(response)) as server:
         first = await post(client, server.url)
-        assert len(http1._HEADS) == 1
         first.headers["X-A"] = "changed by the first caller"
         second = await post(client, server.url)
         third = await post(client, server.url)
     expected = http1.Answer(201, {"X-A": "1, 2", "Content-Length": "2"}, b"ok", False)
     assert second == expected and third == expected
     assert second.headers is not third.headers
-    assert server.connections == 1  # kept alive from the cached head as well
-    # A head that closes the connection closes it again when it comes from the cache.
-    async with raw_server(each(closing)) as server:
-        for _ in range(3):
-            assert (await post(client, server.url)).status == 200
-    assert server.connections == 3
-
-
-async def test_the_head_cache_is_bounded(client: http1.Client) -> None:
-    http1._HEADS.clear()
-    count = 0
-
-    async def handler(peer: Peer) -> None:
-        nonlocal count
-        while await peer.request() is not None:
-            count += 1
-            # Every head differs; one is too long to be kept at all.
-            pad = b"x" * (http1.MAX_CACHED_HEAD if count == 1 else 0)
-            await peer.send(
-                b"HTTP/1.1 200 OK\r\nX-N: %d%s\r\nContent-Length: 0\r\n\r\n" % (count, pad)
-            )
-
-    async with raw_server(handler) as server:
-        first = await post(client, server.url)
-        assert first.headers["X-N"].startswith("1x") and not http1._HEADS
-        for i in range(2, http1.MAX_CACHED_HEADS + 20):
-            answer = await post(client, server.url)
-            assert answer.headers["X-N"] == str(i)
-            assert 0 < len(http1._HEADS) <= http1.MAX_CACHED_HEADS
+    assert server.connections == 1
 
 
 async def test_sequential_requests_reuse_one_connection(client: http1.Client) -> None:
@@ -805,7 +772,9 @@ async def test_header_lines_at_the_limits_are_accepted(client: http1.Client) -> 
         "Content-Length: ²\r\n".encode(),  # a Unicode digit, not an ASCII one
         "Content-Length: ٢\r\n".encode(),  # ARABIC-INDIC DIGIT TWO
         b"Content-Length: " + b"9" * 5000 + b"\r\n",  # more digits than int() takes
-        b"Content-Length: 1" + b"0" * 18 + b"\r\n",  # 19 digits
+        b"Content-Length: 1" + b"0" * 20 + b"\r\n",  # past 2**64
+        b"Content-Length: 2\r\ncontent-length: 2, 2\r\n",  # repeated, even if equal
+        b"Content-Length: 2\r\nContent-Length: 2\r\n",
     ],
     ids=[
         "abc",
@@ -818,21 +787,15 @@ async def test_header_lines_at_the_limits_are_accepted(client: http1.Client) -> 
         "superscript",
         "arabic-indic",
         "5000-digits",
-        "19-digits",
+        "past-2**64",
+        "repeated-equal-list",
+        "repeated-equal",
     ],
 )
 async def test_bad_content_length(client: http1.Client, lines: bytes) -> None:
     failure = await answer_and_hold(b"HTTP/1.1 200 OK\r\n" + lines + b"\r\nok", client)
     assert failure.kind == "invalid_response", failure.message
     assert "Content-Length" in failure.message
-
-
-async def test_repeated_equal_content_length_is_accepted(client: http1.Client) -> None:
-    response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\ncontent-length: 2, 2\r\n\r\nok"
-    async with raw_server(each(response)) as server:
-        for _ in range(2):
-            assert (await post(client, server.url)).body == b"ok"
-    assert server.connections == 1
 
 
 @pytest.mark.parametrize(
@@ -847,33 +810,30 @@ async def test_repeated_equal_content_length_is_accepted(client: http1.Client) -
         b"HTTP/1.1 099 Low",
         b"HTTP/1.1  200 OK",
         b"ICY 200 OK",
-        b"HTTP/1.1 200 O\x00K",
         b"\x16\x03\x01\x02\x00",  # a TLS record
     ],
 )
 async def test_garbage_status_line(client: http1.Client, status: bytes) -> None:
     failure = await answer_and_hold(with_head(b"", status), client)
     assert failure.kind == "invalid_response", failure.message
-    assert "status line" in failure.message
+    assert failure.status is None
 
 
 @pytest.mark.parametrize(
     "lines",
     [
-        b"X-A: b\r\n  continued\r\n",  # obs-fold
-        b"X-A: b\r\n\tcontinued\r\n",
         b"No colon here\r\n",
+        b"  continued\r\n",  # a continuation with nothing to continue
         b"X-A : b\r\n",  # space before the colon
         b": no name\r\n",
         b"X(A): b\r\n",
-        b"X-A: b\x00c\r\n",
         b"X-A: b\rc\r\n",
     ],
 )
 async def test_bad_header_lines(client: http1.Client, lines: bytes) -> None:
     failure = await answer_and_hold(with_head(lines), client)
     assert failure.kind == "invalid_response", failure.message
-    assert "header line" in failure.message
+    assert failure.status is None
 
 
 # --- timeouts, refusals -----------------------------------------------------------------
@@ -1183,3 +1143,182 @@ async def test_close_aborts_a_request_in_flight() -> None:
             await asyncio.wait_for(task, 10)
         await wait_until(lambda: server.closed + server.reset == 1, 10, "the server to see it")
     assert info.value.kind == "connection_reset"
+
+
+# --- what llhttp leaves to us: folds, limits, the end of a close-delimited body ---------
+
+
+async def test_folded_header_lines_are_joined_with_a_space(client: http1.Client) -> None:
+    response = (
+        b"HTTP/1.1 200 OK\r\n"
+        b"X-Folded: first\r\n  second\r\n\tthird\r\n"
+        b"X-Plain: a  b\r\n"  # not folded, but in a folded head: its blanks are joined too
+        b"X-After: z\r\n"
+        b"Content-Length: 2\r\n\r\nok"
+    )
+    async with raw_server(each(response)) as server:
+        for _ in range(2):
+            answer = await post(client, server.url)
+            assert (answer.status, answer.body) == (200, b"ok")
+            assert answer.headers == {
+                "X-Folded": "first second third",
+                "X-Plain": "a b",
+                "X-After": "z",
+                "Content-Length": "2",
+            }
+        # A head without a fold keeps its values exactly (after the outer blanks).
+        plain = b"HTTP/1.1 200 OK\r\nX-Plain: a  b\t c\r\nContent-Length: 2\r\n\r\nok"
+    async with raw_server(each(plain)) as server:
+        assert (await post(client, server.url)).headers["X-Plain"] == "a  b\t c"
+    assert server.connections == 1
+
+
+async def test_folded_header_through_delivery_send(client: http1.Client) -> None:
+    response = b"HTTP/1.1 503 Busy\r\nRetry-After:\r\n 120\r\nContent-Length: 0\r\n\r\n"
+    async with raw_server(each(response)) as server:
+        r = await delivery.send(client, server.url, b"{}", {}, timeout_s=10, max_response_bytes=9)
+    assert (r.status_code, r.header("retry-after"), r.error_kind) == (503, "120", None)
+
+
+async def test_redirect_location_is_found_whatever_its_case(client: http1.Client) -> None:
+    for name in (b"Location", b"location", b"LOCATION", b"LoCaTiOn"):
+        response = b"HTTP/1.1 302 Found\r\n%s: https://example.com/new\r\nContent-Length: 0\r\n\r\n"
+        async with raw_server(each(response % name)) as server:
+            r = await delivery.send(
+                client, server.url, b"{}", {}, timeout_s=10, max_response_bytes=9
+            )
+        assert (r.status_code, r.error_kind) == (302, "redirect")
+        assert r.error_message is not None
+        assert "302 to https://example.com/new" in r.error_message, r.error_message
+        assert r.headers == {name.decode(): "https://example.com/new", "Content-Length": "0"}
+
+
+async def test_interim_heads_count_against_the_head_limit(client: http1.Client) -> None:
+    continue_ = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+    async def handler(peer: Peer) -> None:
+        while (request := await peer.request()) is not None:
+            count = int(request.split(b"\r\n\r\n", 1)[1])  # the client says how many
+            await peer.send(continue_ * count + OK)
+
+    within = (http1.MAX_HEAD_BYTES - len(OK)) // len(continue_)
+    async with raw_server(handler) as server:
+        answer = await post(client, server.url, str(within).encode())
+        assert (answer.status, answer.body) == (200, b"ok")
+        failure = await fails(client, server.url, str(within + 2).encode())
+    assert failure.kind == "invalid_response", failure.message
+    assert str(http1.MAX_HEAD_BYTES) in failure.message
+    assert failure.status is None
+    assert server.connections == 1
+
+
+async def test_more_header_fields_than_the_limit(client: http1.Client) -> None:
+    lines = b"".join(b"X-%d: v\r\n" % i for i in range(http1.MAX_FIELDS))
+    failure = await answer_and_hold(with_head(lines), client)
+    assert failure.kind == "invalid_response", failure.message
+    assert "header fields" in failure.message
+
+
+async def test_trailer_fields_are_counted(client: http1.Client) -> None:
+    trailers = b"".join(b"X-%d: v\r\n" % i for i in range(http1.MAX_FIELDS + 1))
+    response = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n"
+    failure = await answer_and_hold(response + trailers + b"\r\n", client)
+    assert failure.kind == "invalid_response", failure.message
+    assert (failure.status, failure.body) == (200, b"ok")
+
+
+async def test_head_then_body_in_one_write_past_the_head_limit(client: http1.Client) -> None:
+    # The head is fed to the parser no further than the limit; the rest of the same read
+    # is body, read to its end: the connection stays exact and is kept.
+    head = with_head(b"X-Pad: " + b"p" * 8000 + b"\r\n").split(b"Content-Length")[0]
+    body = b"b" * 200_000
+    response = head + b"Content-Length: %d\r\n\r\n" % len(body) + body
+    async with raw_server(each(response)) as server:
+        for _ in range(2):
+            answer = await post(client, server.url, keep=10)
+            assert (answer.status, answer.body, answer.too_large) == (200, b"bbbbbbbbbb", False)
+    assert server.connections == 1
+
+
+async def test_chunk_framing_counts_against_the_discard_limit(client: http1.Client) -> None:
+    """One-byte chunks: 6 bytes on the wire per byte of body. The body stays under the
+    discard limit, the wire does not: the answer is cut off as too large."""
+    chunks = b"1\r\nx\r\n" * 40_000  # 40,000 bytes of body, 240,000 on the wire
+
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+        await peer.until_client_closes()
+
+    async with raw_server(handler) as server:
+        discard = 100_000
+        answer = await post(client, server.url, keep=3, discard=discard)
+    assert (answer.status, answer.body, answer.too_large) == (200, b"xxx", True)
+
+
+async def test_chunk_framing_without_body_data_is_bounded(client: http1.Client) -> None:
+    # A chunk extension that never ends, a few bytes at a time.
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n1;a=")
+        for _ in range(100):
+            await peer.send(b"b" * 1000)
+        await peer.until_client_closes()
+
+    async with raw_server(handler) as server:
+        failure = await fails(client, server.url)
+    assert failure.kind == "invalid_response", failure.message
+    assert (failure.status, failure.body) == (200, b"ok")
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 200 OK\r\nX-A: b\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n",  # not chunked: until close
+        b"HTTP/1.0 200 OK\r\n\r\n",
+    ],
+    ids=["no-framing", "transfer-encoding-not-chunked", "http10"],
+)
+async def test_close_delimited_body_ends_at_eof(client: http1.Client, head: bytes) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(head, b"a body ", b"in parts")
+
+    async with raw_server(handler) as server:
+        answer = await post(client, server.url)
+    assert (answer.status, answer.body, answer.too_large) == (200, b"a body in parts", False)
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nConnection: close\r\n\r\npart",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npart\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, CHUNKED\r\n\r\n4\r\npart\r\n",
+    ],
+    ids=["length", "length-close", "chunked", "chunked-last"],
+)
+async def test_framed_body_cut_off_by_eof(client: http1.Client, response: bytes) -> None:
+    async def handler(peer: Peer) -> None:
+        await peer.request()
+        await peer.send(response)
+
+    async with raw_server(handler) as server:
+        failure = await fails(client, server.url)
+    assert failure.kind == "connection_reset", failure.message
+    assert (failure.status, failure.body) == (200, b"part")
+
+
+async def test_bytes_after_a_chunked_answer_in_the_same_write(client: http1.Client) -> None:
+    async with raw_server(each(CHUNKED + b"HTTP/1.1 200 OK\r\n")) as server:
+        for _ in range(2):
+            assert (await post(client, server.url)).body == b"hello world-wide"
+    assert server.connections == 2
+
+
+async def test_http_version_other_than_1x_is_refused(client: http1.Client) -> None:
+    failure = await answer_and_hold(with_head(b"", b"HTTP/2.0 200 OK"), client)
+    assert failure.kind == "invalid_response", failure.message
+    assert "version" in failure.message

@@ -38,11 +38,20 @@ class Response:
         )
 
     def header(self, name: str) -> str | None:
-        lower = name.lower()
-        for key, value in self.headers.items():
-            if key.lower() == lower:
-                return value
-        return None
+        return header(self.headers, name)
+
+
+def header(headers: Mapping[str, str], name: str) -> str | None:
+    """A response header by name, whatever case the endpoint wrote it in (names are kept
+    as sent, for the delivery log)."""
+    value = headers.get(name)
+    if value is not None:
+        return value
+    lower = name.lower()
+    for key, value in headers.items():
+        if key.lower() == lower:
+            return value
+    return None
 
 
 def sent_headers(url: str, headers: Mapping[str, str], body: bytes) -> dict[str, str]:
@@ -91,7 +100,7 @@ async def send(
             "should answer with a short body"
         )
     elif 300 <= status < 400:
-        location = answer.headers.get("Location") or answer.headers.get("location") or "?"
+        location = header(answer.headers, "Location") or "?"
         kind = "redirect"
         message = (
             f"the endpoint redirected ({status} to {location[:200]}); redirects are not "

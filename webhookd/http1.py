@@ -5,18 +5,38 @@ rendered to a URL that is already validated, read one response with hard limits,
 follow a redirect, keep connections open for the next delivery. A general client pays
 for everything else on every request (cookie jars, tracing hooks, auto headers, stream
 readers, response objects); profiled, that was more than half of the CPU a delivery
-cost. This module does only the delivery's part, on asyncio's transport and protocol
-layer, and applies the same rules the address guard and the delivery log rely on:
+cost. This module owns the delivery's part, on asyncio's transport and protocol layer:
+the pool of kept-alive connections per (origin, route), one deadline per request, and
+the limits on what a response may cost. Connections are opened by webhookd.connect (the
+address guard, TLS, proxies).
 
-- every new connection goes through the guarded resolver (numeric spellings answered
-  and checked locally, resolved names filtered), and connects only to an address that
-  passed; a policy change drops the idle connections that an older policy admitted;
-- TLS with the system's trust store and host name verification;
-- one deadline for the whole request (connect, TLS, send, response);
-- response header block at most 64 KiB, each line at most 8190 bytes; a body is kept
-  up to ``keep`` bytes and read and discarded up to ``discard`` bytes, past which the
-  connection is dropped and the attempt fails as ``response_too_large``;
-- Content-Length, chunked and read-until-close bodies; interim 1xx answers skipped.
+The response framing is llhttp's (httptools.HttpResponseParser, one parser per
+connection, reused for every response on it). What llhttp leaves to us:
+
+- limits: the head, interim (1xx) heads included, within MAX_HEAD_BYTES (fed to the
+  parser no further than that); at most MAX_FIELDS fields in a head, and in the trailers;
+  a field (name, ": ", value) within MAX_FIELD_BYTES; trailers within MAX_HEAD_BYTES;
+  after the head, the bytes on the wire (body, chunk framing, trailers) within
+  ``discard`` + MAX_HEAD_BYTES, and the body kept up to ``keep`` bytes and read and
+  thrown away up to ``discard``, past which the connection is dropped and the answer
+  marked ``too_large``. So reading a response costs time linear in its bytes, and a
+  callback never handles more than one socket read (at most 256 KiB), so the deadline
+  sweeper gets to run however hostile the answer;
+- the end of a close-delimited body: httptools has no finish(), so when the connection
+  ends while such a body is being read, the body ends there;
+- bare LF line ends in the head: accepted (``lenient_optional_cr_before_lf``), as the
+  parser before llhttp did and as RFC 9112 section 2.2 allows a recipient to: refusing
+  them would fail every delivery to an endpoint whose small HTTP stack writes LF, and a
+  client reading its own connection has no second parser to disagree with. Chunk framing
+  stays strict (llhttp offers no leniency for a bare LF after a chunk size);
+- obs-fold (a header line continued on the next line): accepted, as RFC 9112 section
+  5.2 asks of a user agent, and joined with a single space. llhttp accepts it only with
+  ``lenient_headers``, which also lets control characters through in field values: we
+  keep those as sent (they are only shown in the delivery log);
+- Content-Length together with Transfer-Encoding, or Content-Length repeated, is
+  refused by llhttp (``invalid_response``), even when the values agree;
+- a connection is reused only after an HTTP/1.1 answer that llhttp says keeps it alive
+  and that nothing followed; 101 Switching Protocols is refused.
 
 Failures raise ``Failure`` with the delivery log's error kind and one sentence for the
 operator; nothing here touches the database.
@@ -26,13 +46,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import re
 import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import cast
 
+import httptools
 from yarl import URL
 
 from webhookd.connect import DIRECT, Failure, Route, one_line, open_connection
@@ -41,35 +61,21 @@ from webhookd.netguard import AddressPolicy, GuardedResolver
 __all__ = ["DIRECT", "Answer", "Client", "Failure", "Route", "Target", "header_block", "target"]
 
 MAX_HEAD_BYTES = 64 * 1024
-MAX_LINE_BYTES = 8190
+MAX_FIELD_BYTES = 8190
+MAX_LINE_BYTES = MAX_FIELD_BYTES  # the name it had; a folded field counts as one line
+MAX_FIELDS = 100
 KEEPALIVE_S = 15.0
 MAX_IDLE = 256  # kept-alive connections over all origins
 SWEEP_S = 0.05  # how often open requests are checked against their deadline
 
-# The header grammar (also used by the API's fast lane): a field name, and a field value
-# without control characters but tab.
-TOKEN = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-TEXT = rb"[^\x00-\x08\x0a-\x1f\x7f]*"
-_STATUS_RE = re.compile(rb"HTTP/1\.([01]) ([1-5][0-9][0-9])(?: " + TEXT + rb")?")
-_LINE = TOKEN + rb":" + TEXT  # one header line: "name: value"
-_LINE_RE = re.compile(_LINE)
-# Header lines after the status line, joined by LF: "name: value" each, nothing else.
-_BLOCK_RE = re.compile(rb"(?:" + _LINE + rb"\n)*" + _LINE)
-# Heads already parsed, by their bytes (CRLF turned to LF): whether HTTP/1.1, the status,
-# the headers and the framing headers. Only short heads, and emptied when full.
-_HEADS: dict[bytes, tuple[bytes, int, dict[str, str], dict[str, str]]] = {}
-MAX_CACHED_HEAD = 2048
-MAX_CACHED_HEADS = 512
-_FRAMING = frozenset({"content-length", "transfer-encoding", "connection"})
-_CHUNK_SIZE_RE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?")
-# ASCII digits only: str.isdigit and int() also take other Unicode digits, and int() refuses
-# more than 4300 digits by raising.
-_LENGTH_RE = re.compile(r"[0-9]{1,18}")
-
 PoolKey = tuple[tuple[bool, str, int], Route]
 
-# Parser states.
-_HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
+# Where the response being read is.
+_IDLE, _HEAD, _BODY = range(3)  # _HEAD: until the final (non-1xx) head is complete
+
+
+class _Stop(Exception):
+    """Raised in a parser callback to stop llhttp: the exchange is already decided."""
 
 
 @dataclass(slots=True)
@@ -124,11 +130,12 @@ def target(url: str) -> Target:
 
 
 class _Conn(asyncio.Protocol):
-    """One connection and the parser of the response it is waiting for."""
+    """One connection, its parser, and the response it is waiting for."""
 
     def __init__(self, key: PoolKey) -> None:
         self.key = key
         self.absolute_form = False  # through a plain-http proxy: absolute URL in the request line
+        self.extra_head = b""  # header lines for this connection (a proxy's credentials)
         self.transport: asyncio.Transport | None = None
         self.lost = False
         self.idle_since = 0.0
@@ -136,18 +143,26 @@ class _Conn(asyncio.Protocol):
         self.waiter: asyncio.Future[Answer] | None = None
         self.deadline = 0.0  # loop time; checked by Client._check_deadlines while a request is open
         self.deadline_message = ""
-        self._buf = bytearray()
-        self._scanned = 0  # where the search for the end of the head or trailers resumes
-        self._state = _DONE
-        self._received = 0
+        self.keep_alive = False
+        self._parser = httptools.HttpResponseParser(self)
+        self._parser.set_dangerous_leniencies(
+            lenient_headers=True, lenient_optional_cr_before_lf=True
+        )
+        self._phase = _IDLE
+        self._received = 0  # bytes of this exchange's response so far
+        self._read_from = 0  # where the read being handled starts in them
+        self._head_room = 0  # head bytes the parser may still be fed
+        self._wire_limit = 0
+        self._dry = 0  # bytes read since the last body data (chunk framing, trailers)
         self._keep = 0
         self._discard = 0
         self._status = 0
         self._headers: dict[str, str] = {}
+        self._fields = 0  # in the head or trailers being read
+        self._trailer_room = 0
+        self._folded = False  # an obs-fold was seen in the head: values get their spaces joined
         self._kept = bytearray()
-        self._total = 0
-        self._remaining = 0
-        self.keep_alive = False
+        self._total = 0  # body bytes, kept or not
 
     # --- protocol callbacks -------------------------------------------------------------
 
@@ -161,10 +176,9 @@ class _Conn(asyncio.Protocol):
         waiter = self.waiter
         if waiter is None or waiter.done():
             return
-        if self._state == _UNTIL_CLOSE:
+        if self._phase == _BODY and self._ends_at_close():
             self._finish(False)
-            return
-        if self._state == _HEAD and not self._status:
+        elif self._phase == _HEAD:
             reset = isinstance(exc, ConnectionResetError | BrokenPipeError)
             message = (
                 "the connection was reset by the endpoint"
@@ -172,23 +186,32 @@ class _Conn(asyncio.Protocol):
                 else "the endpoint closed the connection without an answer"
             )
             self._fail("connection_reset", message)
-            return
-        self._fail("connection_reset", "the response body was cut off")
+        else:
+            self._fail("connection_reset", "the response body was cut off")
 
     def data_received(self, data: bytes) -> None:
-        if self.waiter is None or self._state == _DONE:
+        if self._phase == _IDLE:
             # Nothing was asked: an endpoint talking out of turn cannot be trusted with
             # the next request on this connection.
             self.keep_alive = False
             if self.transport is not None:
                 self.transport.abort()
             return
+        self._read_from = self._received
         self._received += len(data)
-        if (self._state == _LENGTH or self._state == _UNTIL_CLOSE) and not self._buf:
-            self._parse_body(data)
-        else:
-            self._buf += data
-            self._parse()
+        try:
+            if self._phase == _HEAD:
+                self._feed_head(data)
+            else:
+                self._feed_body(data)
+        except httptools.HttpParserUpgrade:
+            self._invalid("the endpoint switched protocols")
+        except httptools.HttpParserError as exc:
+            if self._phase == _IDLE:
+                # Decided in a callback (an answer, a failure), or bytes past the answer.
+                self.keep_alive = False
+            else:
+                self._invalid(one_line(str(exc)))
 
     def received_none(self) -> bool:
         return self._received == 0
@@ -196,260 +219,176 @@ class _Conn(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close; connection_lost decides what the end means
 
+    # --- feeding the parser -------------------------------------------------------------
+
+    def _feed_head(self, data: bytes) -> None:
+        """Feed head bytes (interim heads included) no further than MAX_HEAD_BYTES."""
+        if not self._folded and (b"\n " in data or b"\n\t" in data):
+            # A rare case found by a C search of the bytes: see on_header. (A fold split
+            # across two reads, or a body starting with LF and a space, errs on the side of
+            # joining runs of spaces.)
+            self._folded = True
+        room = self._head_room
+        if len(data) <= room:
+            self._head_room = room - len(data)
+            self._parser.feed_data(data)
+            return
+        self._head_room = 0
+        view = memoryview(data)
+        self._parser.feed_data(view[:room])
+        if self._phase == _HEAD:
+            self._invalid(f"the response head exceeds {MAX_HEAD_BYTES} bytes")
+        elif self._phase == _BODY:
+            self._feed_body(view[room:])
+        else:
+            self.keep_alive = False  # bytes past a response without a body
+
+    def _feed_body(self, data: bytes | memoryview) -> None:
+        """Feed bytes after the head, held to the wire limit; framing and trailers without
+        body data in between are held to MAX_HEAD_BYTES."""
+        over = self._received - self._wire_limit
+        if over > 0:
+            if over < len(data):
+                self._parser.feed_data(data[: len(data) - over])
+            self.keep_alive = False
+            if self._phase == _BODY:
+                self._too_large()
+            return
+        total = self._total
+        self._parser.feed_data(data)
+        if self._phase != _BODY:
+            return
+        if self._total != total:
+            self._dry = 0
+            return
+        self._dry += len(data)
+        if self._dry > MAX_HEAD_BYTES:
+            self._invalid(f"the response trailers exceed {MAX_HEAD_BYTES} bytes")
+
+    # --- parser callbacks (httptools calls them by name) --------------------------------
+
+    def on_message_begin(self) -> None:
+        if self._phase != _HEAD:
+            raise _Stop  # a second answer after ours: data_received drops the connection
+        self._fields = 0
+        self._headers = {}
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._fields += 1
+        if self._fields > MAX_FIELDS:
+            self._stop_invalid(f"more than {MAX_FIELDS} header fields")
+        if len(name) + len(value) + 2 > MAX_FIELD_BYTES:
+            self._stop_invalid(f"a header field is longer than {MAX_FIELD_BYTES} bytes")
+        if self._phase == _BODY:  # a trailer: counted, not kept
+            self._trailer_room -= len(name) + len(value) + 4
+            if self._trailer_room < 0:
+                self._stop_invalid(f"the response trailers exceed {MAX_HEAD_BYTES} bytes")
+            return
+        key = name.decode("latin-1")  # llhttp admits only token characters in a name
+        text = value.rstrip(b" \t").decode("utf-8", "replace")
+        if self._folded:
+            # llhttp drops the CRLF of a fold and keeps the blanks after it: one space.
+            text = " ".join(filter(None, text.replace("\t", " ").split(" ")))
+        headers = self._headers
+        old = headers.get(key)
+        headers[key] = text if old is None else f"{old}, {text}"
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if status < 200:
+            if status == 101:
+                self._stop_invalid("the endpoint switched protocols")
+            if status < 100:
+                self._stop_invalid(f"bad status code {status}")
+            return  # an interim answer (100 Continue, 103 Early Hints): the real one follows
+        version = parser.get_http_version()
+        if version != "1.1" and version != "1.0":
+            self._stop_invalid(f"HTTP version {version} in the status line")
+        self._status = status
+        self.keep_alive = version == "1.1" and parser.should_keep_alive()
+        self._phase = _BODY
+        self._fields = 0
+        self._trailer_room = MAX_HEAD_BYTES
+        # The head ends in the read being handled; what of that read is head (at most
+        # MAX_HEAD_BYTES) is counted as wire after it, so a body may use `discard` in full.
+        self._wire_limit = self._read_from + MAX_HEAD_BYTES + self._discard
+
+    def on_body(self, data: bytes) -> None:
+        kept = self._kept
+        if len(kept) < self._keep:
+            kept += data[: self._keep - len(kept)]
+        self._total += len(data)
+        if self._total > self._discard:
+            self._too_large()
+            raise _Stop
+
+    def on_message_complete(self) -> None:
+        if self._phase == _BODY:
+            self._finish(False)
+
     # --- one exchange -------------------------------------------------------------------
 
     def start(self, waiter: asyncio.Future[Answer], keep: int, discard: int) -> None:
         self.waiter = waiter
-        self._state = _HEAD
+        self._phase = _HEAD
         self._received = 0
+        self._read_from = 0
+        self._head_room = MAX_HEAD_BYTES
+        self._dry = 0
         self._keep = keep
         self._discard = discard
         self._status = 0
         self._headers = {}
+        self._folded = False
         self._kept = bytearray()
         self._total = 0
-        self._buf.clear()
-        self._scanned = 0
+
+    def _ends_at_close(self) -> bool:
+        """Whether the body being read is delimited by the end of the connection: neither
+        Content-Length nor a final chunked coding (llhttp decided the same, and keeps it to
+        itself)."""
+        for name, value in self._headers.items():
+            key = name.lower()
+            if key == "content-length":
+                return False
+            if key == "transfer-encoding":
+                return value.rpartition(",")[2].strip(" \t").lower() != "chunked"
+        return True
 
     def _finish(self, too_large: bool) -> None:
-        self._state = _DONE
+        self._phase = _IDLE
         waiter = self.waiter
-        if self._buf:
-            self.keep_alive = False  # bytes beyond the response: do not reuse
         if waiter is not None and not waiter.done():
             waiter.set_result(Answer(self._status, self._headers, bytes(self._kept), too_large))
 
-    def _fail(self, kind: str, message: str) -> None:
-        self._state = _DONE
+    def _too_large(self) -> None:
+        # Drop the connection rather than read gigabytes to keep it.
         self.keep_alive = False
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(
-                Failure(kind, message, self._status or None, self._headers, bytes(self._kept))
-            )
+        self._finish(True)
         if self.transport is not None:
             self.transport.abort()
 
-    def timed_out(self, message: str) -> None:
-        self._fail("timeout", message)
-
-    # --- parsing ------------------------------------------------------------------------
-
-    def _parse(self) -> None:
-        while self._state != _DONE:
-            if self._state == _HEAD:
-                if not self._parse_head():
-                    return
-            elif self._state in (_LENGTH, _UNTIL_CLOSE, _CHUNK_DATA):
-                if not self._buf:
-                    return
-                data = bytes(self._buf)
-                self._buf.clear()
-                self._parse_body(data)
-            elif self._state == _CHUNK_SIZE:
-                if not self._parse_chunk_size():
-                    return
-            elif self._state == _CHUNK_END:
-                buf = self._buf
-                if buf.startswith(b"\n"):
-                    del buf[:1]
-                elif buf.startswith(b"\r\n"):
-                    del buf[:2]
-                elif buf == b"\r" or not buf:
-                    return
-                else:
-                    self._invalid("a chunk is not followed by CRLF")
-                    return
-                self._state = _CHUNK_SIZE
-            elif self._state == _TRAILERS and not self._parse_trailers():
-                return
+    def _fail(self, kind: str, message: str) -> None:
+        self._phase = _IDLE
+        self.keep_alive = False
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            status = self._status or None
+            headers = self._headers if status else {}
+            waiter.set_exception(Failure(kind, message, status, headers, bytes(self._kept)))
+        if self.transport is not None:
+            self.transport.abort()
 
     def _invalid(self, why: str) -> None:
         self._fail("invalid_response", f"the response was not valid HTTP: {why}")
 
-    def _parse_head(self) -> bool:
-        buf = self._buf
-        # Search only what is new (and the 3 bytes before it), or a head dripped a byte at a
-        # time costs quadratic time.
-        start = max(self._scanned - 3, 0)
-        end = buf.find(b"\r\n\r\n", start)
-        lf_end = buf.find(b"\n\n", start)
-        if lf_end >= 0 and (end < 0 or lf_end < end):
-            end, skip = lf_end, 2
-            if end > 0 and buf[end - 1] == 0x0D:  # CRLF, then a bare LF: the CR goes too
-                end, skip = end - 1, 3
-        else:
-            skip = 4
-        if end < 0:
-            self._scanned = len(buf)
-            if len(buf) > MAX_HEAD_BYTES:
-                self._invalid(f"the response headers exceed {MAX_HEAD_BYTES} bytes")
-            return False
-        if end > MAX_HEAD_BYTES:
-            self._invalid(f"the response headers exceed {MAX_HEAD_BYTES} bytes")
-            return False
-        head = bytes(buf[:end])
-        del buf[: end + skip]
-        self._scanned = 0
-        # One pass of C code validates the whole block; a line-by-line loop with a regex
-        # per line cost twice as much per response.
-        if b"\r" in head:
-            head = head.replace(b"\r\n", b"\n")  # a stray CR is left, and refused below
-        cached = _HEADS.get(head)
-        if cached is not None:
-            # The same head as an earlier answer (an endpoint answers alike, except for its
-            # Date header once a second): already validated and split.
-            return self._head_parsed(cached[0], cached[1], dict(cached[2]), cached[3])
-        nl = head.find(b"\n")
-        first = head if nl < 0 else head[:nl]
-        m = _STATUS_RE.fullmatch(first)
-        if m is None:
-            self._invalid(f"bad status line {first[:60]!r}")
-            return False
-        status = int(m[2])
-        headers: dict[str, str] = {}
-        lower: dict[str, str] = {}  # the framing headers only
-        if nl >= 0:
-            if _BLOCK_RE.fullmatch(head, nl + 1) is None:
-                self._invalid(_bad_line(head[nl + 1 :]))
-                return False
-            block = head[nl + 1 :]
-            # Bytes, not decoded characters (fewer when a value is UTF-8).
-            if len(block) > MAX_LINE_BYTES and max(map(len, block.split(b"\n"))) > MAX_LINE_BYTES:
-                self._invalid(f"a header line is longer than {MAX_LINE_BYTES} bytes")
-                return False
-            lines = block.decode("utf-8", "replace").split("\n")
-            for line in lines:
-                name, _, value = line.partition(":")
-                value = value.strip(" \t")
-                if name in headers:
-                    headers[name] = f"{headers[name]}, {value}"
-                else:
-                    headers[name] = value
-                key = name.lower()
-                if key in _FRAMING:
-                    lower[key] = f"{lower[key]}, {value}" if key in lower else value
-        if len(head) <= MAX_CACHED_HEAD:
-            if len(_HEADS) >= MAX_CACHED_HEADS:
-                _HEADS.clear()
-            _HEADS[head] = (m[1], status, headers, lower)
-            headers = dict(headers)
-        return self._head_parsed(m[1], status, headers, lower)
+    def _stop_invalid(self, why: str) -> None:
+        self._invalid(why)
+        raise _Stop
 
-    def _head_parsed(
-        self, minor: bytes, status: int, headers: dict[str, str], lower: dict[str, str]
-    ) -> bool:
-        """Act on a valid head: `lower` holds the framing headers by lower-case name."""
-        if status < 200:
-            if status == 101:
-                self._invalid("the endpoint switched protocols")
-                return False
-            return True  # interim answer (100 Continue, 103 Early Hints): the real one follows
-        self._status = status
-        self._headers = headers
-        connection = lower.get("connection", "").lower()
-        self.keep_alive = minor == b"1" and "close" not in connection
-        if status in (204, 304):
-            self._finish(False)
-            return True
-        te = lower.get("transfer-encoding")
-        cl = lower.get("content-length")
-        if te is not None:
-            if te.rsplit(",", 1)[-1].strip().lower() == "chunked":
-                self._state = _CHUNK_SIZE
-                if cl is not None:
-                    self.keep_alive = False  # both framings: finish this one, then close
-            else:
-                self._state = _UNTIL_CLOSE
-                self.keep_alive = False
-        elif cl is not None:
-            if cl.isascii() and cl.isdigit() and len(cl) <= 18:
-                self._remaining = int(cl)  # the usual case, without building a set
-            else:
-                values = {v.strip() for v in cl.split(",")}
-                if len(values) != 1 or not _LENGTH_RE.fullmatch(next(iter(values))):
-                    self._invalid(f"bad Content-Length {cl[:40]!r}")
-                    return False
-                self._remaining = int(next(iter(values)))
-            self._state = _LENGTH
-            if self._remaining == 0:
-                self._finish(False)
-        else:
-            self._state = _UNTIL_CLOSE
-            self.keep_alive = False
-        return True
-
-    def _parse_body(self, data: bytes) -> None:
-        state = self._state
-        rest = b""
-        if state in (_LENGTH, _CHUNK_DATA):
-            if len(data) > self._remaining:
-                rest = data[self._remaining :]
-                data = data[: self._remaining]
-            self._remaining -= len(data)
-        if data and not self._take(data):
-            return
-        if state == _LENGTH:
-            if self._remaining == 0:
-                if rest:
-                    self._buf += rest
-                self._finish(False)
-        elif state == _CHUNK_DATA and self._remaining == 0:
-            self._state = _CHUNK_END
-            if rest:
-                self._buf += rest  # the loop in _parse goes on with it
-
-    def _take(self, data: bytes) -> bool:
-        """Keep the first bytes, count the rest; False once past the discard limit."""
-        if len(self._kept) < self._keep:
-            self._kept += data[: self._keep - len(self._kept)]
-        self._total += len(data)
-        if self._total > self._discard:
-            # Drop the connection rather than read gigabytes to keep it.
-            self.keep_alive = False
-            self._finish(True)
-            if self.transport is not None:
-                self.transport.abort()
-            return False
-        return True
-
-    def _parse_chunk_size(self) -> bool:
-        buf = self._buf
-        nl = buf.find(b"\n")
-        if nl < 0:
-            if len(buf) > 1024:
-                self._invalid("a chunk size line is too long")
-            return False
-        line = bytes(buf[:nl]).rstrip(b"\r")
-        del buf[: nl + 1]
-        m = _CHUNK_SIZE_RE.fullmatch(line)
-        if m is None:
-            self._invalid(f"bad chunk size {line[:40]!r}")
-            return False
-        size = int(m[1], 16)
-        if size == 0:
-            self._state = _TRAILERS
-            return True
-        self._remaining = size
-        self._state = _CHUNK_DATA
-        return True
-
-    def _parse_trailers(self) -> bool:
-        # The trailer lines stay in _buf until the empty line, so that all of them together
-        # are held to MAX_HEAD_BYTES; _scanned is where the current line starts.
-        buf = self._buf
-        while True:
-            nl = buf.find(b"\n", self._scanned)
-            if nl < 0 or nl >= MAX_HEAD_BYTES:
-                if len(buf) > MAX_HEAD_BYTES:
-                    self._invalid(f"the response trailers exceed {MAX_HEAD_BYTES} bytes")
-                return False
-            empty = not buf[self._scanned : nl].rstrip(b"\r")
-            self._scanned = nl + 1
-            if empty:
-                del buf[: nl + 1]
-                self._finish(False)
-                return True
+    def timed_out(self, message: str) -> None:
+        self._fail("timeout", message)
 
 
 class Client:
@@ -554,7 +493,7 @@ class Client:
             self._sweeper = loop.call_later(SWEEP_S, self._check_deadlines)
         try:
             line = t.absolute_line if conn.absolute_form else t.request_line
-            transport.write(b"".join((line, head, b"\r\n", body)))
+            transport.write(b"".join((line, conn.extra_head, head, b"\r\n", body)))
             answer = await waiter
         except asyncio.CancelledError:
             conn.keep_alive = False
@@ -657,6 +596,7 @@ class Client:
             raise Failure("timeout", message) from None
         conn.transport = opened.transport
         conn.absolute_form = opened.absolute_form
+        conn.extra_head = opened.extra_head
         return conn
 
     async def close(self) -> None:
@@ -672,14 +612,6 @@ class Client:
         for conn in list(self._busy):
             if conn.transport is not None:
                 conn.transport.abort()
-
-
-def _bad_line(block: bytes) -> str:
-    """Which header line broke the rules (only computed for the error message)."""
-    for line in block.split(b"\n"):
-        if _LINE_RE.fullmatch(line) is None:
-            return f"bad header line {line[:60]!r}"
-    return "bad header block"
 
 
 @functools.lru_cache(maxsize=16)
