@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+import pytest
 
 from tests.conftest import new_event
 from webhookd.ids import new_id
-from webhookd.store.models import NewEvent
-from webhookd.store.sqlite import SQLiteStore
-from webhookd.timefmt import now_ms
+from webhookd.retention import Retention
+from webhookd.store.models import NewEvent, NotFound, StorageError
+from webhookd.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from webhookd.timefmt import now_ms, use_clock
 
 
 async def test_pragmas_and_schema_version(store: SQLiteStore) -> None:
@@ -221,3 +225,89 @@ async def test_a_batch_of_outcomes_is_a_few_statements(store: SQLiteStore) -> No
     ).fetchall()
     assert set(pending) == {(1, 1, 1)}
     check.close()
+
+
+@dataclass
+class ManualClock:
+    """A clock a test moves forward instead of waiting."""
+
+    ms: int
+
+    def __call__(self) -> int:
+        return self.ms
+
+    def advance(self, seconds: float) -> None:
+        self.ms += int(seconds * 1000)
+
+
+async def test_busy_timeout_is_per_store_and_a_locked_database_fails_fast(
+    store: SQLiteStore, tmp_path: Path
+) -> None:
+    assert store.writer is not None
+    default = await store.writer.run(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0])
+    assert default == BUSY_TIMEOUT_MS == 5000
+    quick = SQLiteStore(str(tmp_path / "quick.db"), busy_timeout_ms=50)
+    await quick.open()
+    await quick.sync_event_types([])
+    try:
+        assert quick.writer is not None
+        set_ms = await quick.writer.run(lambda c: c.execute("PRAGMA busy_timeout").fetchone()[0])
+        assert set_ms == 50
+        # Another process holds the write lock: the store says it cannot write after its
+        # own 50 ms, not the default 5 s.
+        blocker = sqlite3.connect(quick.path, isolation_level=None)
+        blocker.execute("BEGIN EXCLUSIVE")
+        started = time.monotonic()
+        try:
+            assert not await quick.writable()
+            with pytest.raises(StorageError, match="storage cannot write"):
+                await quick.publish([new_event()])
+        finally:
+            blocker.execute("ROLLBACK")
+            blocker.close()
+        assert time.monotonic() - started < 2.5
+        assert await quick.writable()
+        [res] = await quick.publish([new_event()])
+        assert res.created
+    finally:
+        await quick.close()
+
+
+async def test_retention_purges_by_the_clock(store: SQLiteStore) -> None:
+    active = {"url": "https://example.com/a", "secret": "whsec_x", "events": ["order.created"]}
+    await store.create_endpoint(active)
+    off = {"url": "https://example.com/b", "secret": "whsec_y", "events": ["order.paid"]}
+    await store.create_endpoint({**off, "active": False})
+    [waiting] = await store.publish([new_event(1, "order.created")])  # pending
+    [finished] = await store.publish([new_event(2, "order.paid")])  # skipped
+    retention = Retention(store, lambda: 1.0)
+    assert await retention.purge_once() == 0  # younger than a day
+    clock = ManualClock(now_ms())
+    with use_clock(clock):
+        clock.advance(86400 - 5)
+        assert await retention.purge_once() == 0
+        clock.advance(10)
+        assert await retention.purge_once() == 1
+    with pytest.raises(NotFound):
+        await store.get_event(finished.event.id)
+    # Still trying: never lost to retention.
+    _, [delivery] = await store.get_event(waiting.event.id)
+    assert delivery.status == "pending"
+    assert retention.purged_total == 1
+
+
+async def test_a_rotated_secret_signs_until_its_grace_ends_by_the_clock(
+    store: SQLiteStore,
+) -> None:
+    ep = await store.create_endpoint({"url": "https://example.com/h", "secret": "whsec_old"})
+    clock = ManualClock(now_ms())
+    with use_clock(clock):
+        rotated = await store.rotate_secret(ep.id, "whsec_new", grace_s=600)
+        assert rotated.signing_secrets(now_ms()) == ["whsec_new", "whsec_old"]
+        clock.advance(599)
+        assert store.get_endpoint(ep.id).signing_secrets(now_ms()) == ["whsec_new", "whsec_old"]
+        clock.advance(2)
+        assert store.get_endpoint(ep.id).signing_secrets(now_ms()) == ["whsec_new"]
+        # A later rotation drops the expired secret for good.
+        again = await store.rotate_secret(ep.id, "whsec_newer", grace_s=0)
+    assert [p.secret for p in again.previous_secrets] == []

@@ -1,14 +1,40 @@
-"""Time as the store keeps it (integer Unix milliseconds) and as the API shows it (RFC 3339)."""
+"""Time as the store keeps it (integer Unix milliseconds) and as the API shows it (RFC 3339),
+and the clock every "now" of the store, the API and the dispatcher is read from.
+
+The clock can be replaced (`use_clock`) so that a test moves time forward instead of
+waiting for it: retention windows, secret grace periods, failure windows.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 
-def now_ms() -> int:
+def system_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+_clock: Callable[[], int] = system_ms
+
+
+def now_ms() -> int:
+    """Unix milliseconds by the current clock (the system's unless a test set one)."""
+    return _clock()
+
+
+@contextlib.contextmanager
+def use_clock(clock: Callable[[], int]) -> Iterator[None]:
+    """Within the block, `now_ms()` is `clock()` everywhere in this process."""
+    global _clock
+    previous, _clock = _clock, clock
+    try:
+        yield
+    finally:
+        _clock = previous
 
 
 def to_rfc3339(ms: int | None) -> str | None:

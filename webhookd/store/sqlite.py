@@ -62,14 +62,16 @@ from webhookd.store.rows import (
 from webhookd.store.writer import Writer
 from webhookd.timefmt import now_ms
 
+# How long a statement waits for another process's lock (a backup, an operator's sqlite3
+# shell) before the write fails and the API answers 503.
 BUSY_TIMEOUT_MS = 5000
 # WAL lets the API read while the writer writes; FULL fsyncs the WAL on every commit so an
-# accepted event survives power loss, not just a process crash.
+# accepted event survives power loss, not just a process crash. The busy timeout is set
+# per store (see SQLiteStore).
 _PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=FULL",
     "PRAGMA foreign_keys=ON",
-    f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}",
     "PRAGMA temp_store=MEMORY",
 )
 
@@ -85,8 +87,11 @@ __all__ = [
 
 
 class SQLiteStore:
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+        """`busy_timeout_ms`: how long a statement waits for another process's lock
+        before it fails (tests set it low to see a locked database at once)."""
         self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
         self._r: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
         self.endpoints: dict[str, Endpoint] = {}
@@ -111,18 +116,29 @@ class SQLiteStore:
 
     def _connect_writer(self) -> sqlite3.Connection:
         """The write connection, opened in (and used only by) the writer's thread."""
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        for pragma in _PRAGMAS:
+        conn = sqlite3.connect(
+            self.path, timeout=self._timeout_s, isolation_level=None, check_same_thread=False
+        )
+        for pragma in self._pragmas():
             conn.execute(pragma)
         _restrict_files(self.path)
         return conn
 
     async def _connect_reader(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        for pragma in _PRAGMAS:
+        conn = await aiosqlite.connect(self.path, timeout=self._timeout_s, isolation_level=None)
+        for pragma in self._pragmas():
             await conn.execute(pragma)
         await conn.execute("PRAGMA query_only=ON")
         return conn
+
+    @property
+    def _timeout_s(self) -> float:
+        # The sqlite3 module's own busy wait, which covers the first pragmas (switching to
+        # WAL takes a lock) before busy_timeout is set.
+        return self.busy_timeout_ms / 1000
+
+    def _pragmas(self) -> tuple[str, ...]:
+        return (*_PRAGMAS, f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         row = conn.execute("PRAGMA user_version").fetchone()
