@@ -24,8 +24,8 @@ from aiohttp import web
 
 from webhookd import __version__, http1, logs
 from webhookd.api import create_app
+from webhookd.api.connections import CONNECTIONS, Connections
 from webhookd.api.context import State
-from webhookd.api.fastlane import FastLane
 from webhookd.config import Config, ConfigError, load_config
 from webhookd.dispatcher import Dispatcher
 from webhookd.metrics import Metrics
@@ -40,8 +40,7 @@ log = logging.getLogger("webhookd")
 
 RESTART_ONLY = ("listen", "database")
 LISTEN_BACKLOG = 128
-# How long stopping waits for API requests in progress to be answered: those of the fast
-# lane and those aiohttp serves.
+# How long stopping waits for API requests in progress to be answered.
 API_SHUTDOWN_S = 5.0
 
 
@@ -65,7 +64,8 @@ class Daemon:
         self.retention = Retention(self.store, lambda: self.config.retention.days)
         self._retention_task: asyncio.Task[None] | None = None
         self.runner: web.AppRunner | None = None
-        self.lane: FastLane | None = None
+        self.connections: Connections | None = None
+        self.keepalive_s = config.limits.keepalive_s  # aiohttp's, fixed when it starts
         self.listener: asyncio.Server | None = None
         self.policy = AddressPolicy(config.security.allow_networks)
         self._stop = asyncio.Event()
@@ -77,63 +77,9 @@ class Daemon:
     # --- startup --------------------------------------------------------------------
 
     async def start(self) -> None:
-        cfg = self.config
-        await self.store.open()
-        await self.store.sync_event_types(cfg.event_types)
-        requeued = await self.store.requeue_interrupted()
-        if requeued:
-            log.info(
-                "requeued deliveries interrupted by a crash",
-                extra={"event": "requeued_interrupted", "count": requeued},
-            )
-        self.resolver = GuardedResolver(self.policy)
-        self.client = http1.Client(self.resolver)
-        self.opevents = OpEvents(self.store)
-        opevents = self.opevents
-        metrics = self.metrics
-
-        def on_outcome(c: Claimed, ep: Endpoint, o: Outcome) -> None:
-            opevents.on_outcome(c, ep, o)
-            try:
-                metrics.outcome(c, ep, o)
-            except Exception:
-                log.exception("metrics update failed", extra={"event": "metrics_bug"})
-
-        self.dispatcher = Dispatcher(self.store, self.client, cfg.delivery, on_outcome=on_outcome)
-        self.opevents.attach(self.dispatcher.notify_many)
-        self.state.dispatcher = self.dispatcher
-        await self.dispatcher.start()
-        app = create_app(self.state)
-        self.runner = web.AppRunner(
-            app, access_log=None, handle_signals=False, shutdown_timeout=API_SHUTDOWN_S
-        )
-        await self.runner.setup()
-        assert self.runner.server is not None
-        # The listening sockets take connections into the fast lane, which hands every
-        # request but a plain publish to aiohttp's server (see webhookd.api.fastlane).
-        self.lane = FastLane(self.state, self.runner.server)
-        address = cfg.listen_address
-        loop = asyncio.get_running_loop()
-        try:
-            if address.unix_path is not None:
-                Path(address.unix_path).parent.mkdir(parents=True, exist_ok=True)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(address.unix_path)
-                self.listener = await loop.create_unix_server(
-                    self.lane, address.unix_path, backlog=LISTEN_BACKLOG
-                )
-            else:
-                assert address.port is not None
-                self.listener = await loop.create_server(
-                    self.lane,
-                    address.host,
-                    address.port,
-                    reuse_address=True,
-                    backlog=LISTEN_BACKLOG,
-                )
-        except OSError as exc:
-            raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
-        self.bound = [_describe(s.getsockname()) for s in self.listener.sockets]
+        await self._open_store()
+        await self._start_dispatcher()
+        await self._listen()
         # Everything allocated so far lives as long as the process: keep it out of the
         # collector's way, and collect the young generation less often (each delivery
         # allocates many short-lived objects that reference counting frees anyway).
@@ -148,6 +94,7 @@ class Daemon:
             ),
             name="webhookd-watchdog",
         )
+        cfg = self.config
         log.info(
             "webhookd started",
             extra={
@@ -162,6 +109,77 @@ class Daemon:
                 "https_only": cfg.security.https_only,
             },
         )
+
+    async def _open_store(self) -> None:
+        await self.store.open()
+        await self.store.sync_event_types(self.config.event_types)
+        requeued = await self.store.requeue_interrupted()
+        if requeued:
+            log.info(
+                "requeued deliveries interrupted by a crash",
+                extra={"event": "requeued_interrupted", "count": requeued},
+            )
+
+    async def _start_dispatcher(self) -> None:
+        self.resolver = GuardedResolver(self.policy)
+        self.client = http1.Client(self.resolver)
+        self.opevents = OpEvents(self.store)
+        opevents = self.opevents
+        metrics = self.metrics
+
+        def on_outcome(c: Claimed, ep: Endpoint, o: Outcome) -> None:
+            opevents.on_outcome(c, ep, o)
+            try:
+                metrics.outcome(c, ep, o)
+            except Exception:
+                log.exception("metrics update failed", extra={"event": "metrics_bug"})
+
+        self.dispatcher = Dispatcher(
+            self.store, self.client, self.config.delivery, on_outcome=on_outcome
+        )
+        self.opevents.attach(self.dispatcher.notify_many)
+        self.state.dispatcher = self.dispatcher
+        await self.dispatcher.start()
+
+    async def _listen(self) -> None:
+        """Serve the API through aiohttp's runner and its low-level server, each accepted
+        connection wrapped by webhookd.api.connections (limits and read deadlines)."""
+        cfg = self.config
+        app = create_app(self.state)
+        self.connections = app[CONNECTIONS]
+        self.keepalive_s = cfg.limits.keepalive_s
+        self.runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            shutdown_timeout=API_SHUTDOWN_S,
+            keepalive_timeout=self.keepalive_s,
+        )
+        await self.runner.setup()
+        assert self.runner.server is not None
+        factory = self.connections.factory(self.runner.server)
+        address = cfg.listen_address
+        loop = asyncio.get_running_loop()
+        try:
+            if address.unix_path is not None:
+                Path(address.unix_path).parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(address.unix_path)
+                self.listener = await loop.create_unix_server(
+                    factory, address.unix_path, backlog=LISTEN_BACKLOG
+                )
+            else:
+                assert address.port is not None
+                self.listener = await loop.create_server(
+                    factory,
+                    address.host,
+                    address.port,
+                    reuse_address=True,
+                    backlog=LISTEN_BACKLOG,
+                )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on {cfg.listen}: {exc.strerror or exc}") from None
+        self.bound = [_describe(s.getsockname()) for s in self.listener.sockets]
 
     # --- running ---------------------------------------------------------------------
 
@@ -207,6 +225,10 @@ class Daemon:
                 return
             old = self.config
             restart = [k for k in RESTART_ONLY if getattr(new, k) != getattr(old, k)]
+            if new.limits.keepalive_s > self.keepalive_s:
+                # aiohttp's own keep-alive timeout was set at startup; a lower value
+                # applies at once (webhookd.api.connections), a higher one only then.
+                restart.append("limits.keepalive_s")
             self.policy = AddressPolicy(new.security.allow_networks)
             if self.client is not None:
                 self.client.policy = self.policy
@@ -243,10 +265,11 @@ class Daemon:
                     await task
         if self.listener is not None:
             self.listener.close()
-        if self.lane is not None:
-            await self.lane.shutdown(API_SHUTDOWN_S)
         if self.runner is not None:
+            # Idle connections close now, the others once answered (API_SHUTDOWN_S).
             await self.runner.cleanup()
+        if self.connections is not None:
+            self.connections.close_all()
         if self.dispatcher is not None:
             await self.dispatcher.stop(self.config.delivery.shutdown_grace_s)
         if self.opevents is not None:

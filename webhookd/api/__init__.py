@@ -1,4 +1,7 @@
-"""The management API: an aiohttp application with one module per resource."""
+"""The management API: an aiohttp application with one module per resource.
+
+Every request goes through aiohttp's server and this app's middlewares: the connection
+bookkeeping (webhookd.api.connections), then authentication and the error format."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import hmac
 from aiohttp import web
 
 from webhookd import metrics
-from webhookd.api import deliveries, endpoints, events, openapi, ops
+from webhookd.api import connections, deliveries, endpoints, events, openapi, ops
 from webhookd.api.context import API_KEY, STATE, State
 from webhookd.api.errors import ApiError, Handler, error_for
 from webhookd.config import ApiKey, Config
@@ -64,10 +67,11 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
 def create_app(state: State) -> web.Application:
     limits = state.config.limits
     app = web.Application(
-        middlewares=[middleware],
+        middlewares=[connections.middleware, middleware],
         client_max_size=max(limits.max_batch_bytes, limits.max_payload_bytes) + (1 << 20),
     )
     app[STATE] = state
+    app[connections.CONNECTIONS] = connections.Connections(state)
     app.add_routes(ops.routes())
     app.add_routes(openapi.routes())
     app.add_routes([web.get("/metrics", metrics.handler, allow_head=False)])
