@@ -90,6 +90,16 @@ def json_file(path: str) -> dict[str, Any]:
     return json_object(text)
 
 
+def text_file(path: str) -> str:
+    """The text of a file (a PEM certificate, key or bundle), read when parsing."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise argparse.ArgumentTypeError(f"cannot read {path}: {reason}") from None
+
+
 def _relative(text: str, sign: int) -> str:
     match = RELATIVE_RE.fullmatch(text.strip())
     if match is None:

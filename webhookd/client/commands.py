@@ -33,6 +33,7 @@ from webhookd.client.args import (
     key_value,
     optional_int,
     optional_number,
+    text_file,
 )
 from webhookd.client.views import (
     DELIVERY_COLUMNS,
@@ -98,7 +99,9 @@ ENDPOINT_FIELDS = {
     "max_in_flight": "max_in_flight",
     "ordered": "ordered",
     "active": "active",
+    "proxy": "proxy",
 }
+TLS_OPTIONS = {"tls_client_cert": "client_cert", "tls_client_key": "client_key", "tls_ca": "ca"}
 
 
 def endpoint_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -113,6 +116,11 @@ def endpoint_body(args: argparse.Namespace) -> dict[str, Any]:
         body["headers"] = dict(args.header)
     if args.metadata:
         body["metadata"] = dict(args.metadata)
+    tls = {part: getattr(args, dest) for dest, part in TLS_OPTIONS.items() if getattr(args, dest)}
+    if tls:
+        body["tls"] = tls
+    elif getattr(args, "no_tls", False):
+        body["tls"] = None
     return body
 
 
@@ -249,6 +257,38 @@ def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         action=argparse.BooleanOptionalAction,
         help="deliver one at a time in publish order",
     )
+    _transport_options(p, creating=creating)
+
+
+def _transport_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
+    p.add_argument(
+        "--proxy",
+        metavar="URL" if creating else "URL|none",
+        help="forward proxy, http://[user:pass@]host:port (overrides delivery.proxy"
+        + ("" if creating else "; none: back to delivery.proxy")
+        + ")",
+    )
+    replaces = "" if creating else "; on update, together they replace the TLS settings"
+    p.add_argument(
+        "--tls-client-cert",
+        type=text_file,
+        metavar="FILE",
+        help="PEM client certificate for mutual TLS (with --tls-client-key)" + replaces,
+    )
+    p.add_argument(
+        "--tls-client-key",
+        type=text_file,
+        metavar="FILE",
+        help="PEM private key of --tls-client-cert (never shown again)",
+    )
+    p.add_argument(
+        "--tls-ca",
+        type=text_file,
+        metavar="FILE",
+        help="PEM CA bundle trusted for this endpoint instead of the system store",
+    )
+    if not creating:
+        p.add_argument("--no-tls", action="store_true", help="remove the TLS settings")
 
 
 def _add_endpoints(sub: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser) -> None:

@@ -132,7 +132,25 @@ def render_list(columns: Sequence[Column], empty: str) -> Render:
 
 
 def render_endpoint(doc: Any, _args: argparse.Namespace) -> str:
+    if isinstance(doc, dict) and doc.get("tls"):
+        doc = {**doc, "tls": tls_summary(doc["tls"])}
     return keyvalues(doc)
+
+
+def tls_summary(tls: Mapping[str, Any]) -> str:
+    """The TLS settings in one line: which parts are set, PEM blocks counted, not printed
+    (the key is [redacted] in the answer anyway; --json shows the whole answer)."""
+    parts = []
+    for name in ("client_cert", "client_key", "ca"):
+        value = tls.get(name)
+        if not isinstance(value, str):
+            continue
+        certs = value.count("-----BEGIN CERTIFICATE-----")
+        if certs:
+            parts.append(f"{name} ({certs} certificate{'' if certs == 1 else 's'})")
+        else:
+            parts.append(f"{name} {value}")
+    return ", ".join(parts)
 
 
 def render_event(doc: Any, _args: argparse.Namespace) -> str:
