@@ -138,6 +138,7 @@ BAD_PROXIES = [
     "http://127.0.0.1:0",
     "http://127.0.0.1:65536",
     "http://:secret@127.0.0.1:3128",
+    "http://a%3Ab:secret@127.0.0.1:3128",  # Basic auth cannot carry a ':' in the user
     "http://bad host:3128",
     "http://-bad-.example:3128",
     "http:///nohost",

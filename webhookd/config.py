@@ -363,6 +363,8 @@ def proxy_url(raw: Any) -> str:
         raise ValueError("a proxy URL has no path, query or fragment")
     if (url.raw_password is not None or "@" in raw) and not url.raw_user:
         raise ValueError("credentials need a user name")
+    if url.user is not None and ":" in url.user:  # Basic auth cannot carry it (RFC 7617)
+        raise ValueError("the user name cannot contain ':'")
     return raw
 
 
