@@ -103,7 +103,11 @@ class Load:
         await asyncio.gather(*(client() for _ in range(a.concurrency)))
         window_end = min(deadline, last_end)
         window_s = max(window_end - window_start, 1e-9)
+        # The window in Unix time too, so that another process's records can be cut to it.
+        to_unix = time.time() - time.perf_counter()
         return {
+            "window_start_unix": window_start + to_unix,
+            "window_end_unix": window_end + to_unix,
             "mode": "closed",
             "concurrency": a.concurrency,
             "requests": issued,

@@ -8,8 +8,9 @@ Routes of the recording receiver (each benchmark phase uses its own `name`):
 - `POST /hook/{name}`: read and parse the JSON body, record the arrival time and, when
   the body (or the webhook envelope's `data`) has `sent_at` (Unix seconds), the latency
   from that moment to the arrival; answer 200.
-- `GET /count/{name}`: how many arrived, and when the first did (cheap: polled while a
-  figure runs, unlike `/stats`, which sorts every arrival).
+- `GET /count/{name}[?from_t=T0&to_t=T1]`: how many arrived, and when the first did;
+  with `from_t` and `to_t` (Unix seconds) also how many arrived between them (cheap:
+  polled while a figure runs, unlike `/stats`, which sorts every arrival).
 - `GET /stats/{name}?window_s=W&skip_s=S`: arrival count, first and last arrival, the
   steady rate between the 5th and the 95th percentile of arrivals, the count within the
   first W seconds after the first arrival, and latency percentiles (ignoring requests
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import signal
 import time
@@ -71,9 +73,15 @@ async def hook(request: web.Request) -> web.Response:
 
 async def count(request: web.Request) -> web.Response:
     rec = RECORDS.get(request.match_info["name"])
-    if not rec or not rec.times:
-        return web.json_response({"count": 0, "first": None})
-    return web.json_response({"count": len(rec.times), "first": rec.times[0]})
+    doc: dict[str, Any] = {"count": 0, "first": None}
+    if rec and rec.times:
+        doc = {"count": len(rec.times), "first": rec.times[0]}
+    if "from_t" in request.query and "to_t" in request.query:
+        # Arrival times are appended in order, so two bisections count a time range.
+        times = rec.times if rec else array("d")
+        t0, t1 = float(request.query["from_t"]), float(request.query["to_t"])
+        doc["between"] = bisect.bisect_right(times, t1) - bisect.bisect_left(times, t0)
+    return web.json_response(doc)
 
 
 def _quantile(sorted_values: list[float], q: float) -> float | None:
