@@ -15,6 +15,7 @@ import signal
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 from standardwebhooks.webhooks import Webhook
 
@@ -23,6 +24,12 @@ from tests.conftest import Daemon, Receiver, wait_until
 MakeReceiver = Callable[..., Awaitable[Receiver]]
 MakeDaemon = Callable[..., Awaitable[Daemon]]
 _barriers = itertools.count()
+
+
+@pytest.fixture
+async def daemon(make_daemon: MakeDaemon) -> Daemon:
+    """Two retries as usual, after 50 and 100 ms instead of 0.2 and 0.4 s."""
+    return await make_daemon({"delivery": {"retry_schedule_s": [0.05, 0.1]}})
 
 
 def op_events(recv: Receiver, event_type: str | None = None) -> list[dict[str, Any]]:
@@ -195,7 +202,7 @@ async def test_failing_endpoint_disable_is_announced(
     make_daemon: MakeDaemon, make_receiver: MakeReceiver
 ) -> None:
     daemon = await make_daemon(
-        {"delivery": {"disable_after_s": 0.5, "retry_schedule_s": [0.2] * 10}}
+        {"delivery": {"disable_after_s": 0.2, "retry_schedule_s": [0.05] * 20}}
     )
     ops = await make_receiver()
     await daemon.endpoint(ops.url, events=["webhookd.*"])
@@ -232,7 +239,7 @@ async def test_operational_deliveries_never_raise_operational_events(
 async def test_operational_events_raised_during_shutdown_are_kept(
     make_daemon: MakeDaemon, make_receiver: MakeReceiver
 ) -> None:
-    daemon = await make_daemon({"delivery": {"retry_schedule_s": [0.2]}})
+    daemon = await make_daemon({"delivery": {"retry_schedule_s": [0.05]}})
     ops = await make_receiver()
     await daemon.endpoint(ops.url, events=["webhookd.delivery.failed"])
     release = asyncio.Event()
