@@ -429,9 +429,6 @@ async def test_plain_http_through_a_proxy_carries_its_credentials() -> None:
     assert opened.extra_head == f"Proxy-Authorization: Basic {token}\r\n".encode()
 
 
-@pytest.mark.xfail(
-    reason="waits for http1 to send Opened.extra_head after the request line", strict=False
-)
 async def test_the_client_sends_proxy_credentials_for_plain_http(receiver: Receiver) -> None:
     proxy = await ForwardProxy(names={"receiver.test"}, credentials=("hooks", "s3cret")).start()
     try:

@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import base64
 import socket
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trustme
 
 from tests.conftest import Daemon, Receiver, wait_until
@@ -19,13 +17,6 @@ from tests.test_tls_e2e import trust_file
 
 PASSWORD = "pr0xy-s3cret-pw"
 QUIET = {"delivery": {"retry_schedule_s": []}, "log": {"level": "debug"}}
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[ForwardProxy]:
-    p = await ForwardProxy(names={"receiver.test"}).start()
-    yield p
-    await p.stop()
 
 
 async def finished(d: Daemon, endpoint_id: str, status: str) -> Any:
@@ -69,16 +60,25 @@ async def test_an_endpoint_proxy_carries_https_through_connect(
 
 
 async def test_delivery_proxy_from_the_config_carries_plain_http(
-    make_daemon: Any, proxy: ForwardProxy, receiver: Receiver
+    make_daemon: Any, receiver: Receiver
 ) -> None:
-    d: Daemon = await make_daemon({"delivery": {"proxy": proxy.url()}})
-    url = f"http://receiver.test:{port_of(receiver.url)}/hook"
-    ep = await d.endpoint(url)
-    ev = await d.publish()
-    attempt = await only_attempt(d, ep["id"], "delivered")
+    proxy = await ForwardProxy(names={"receiver.test"}, credentials=("hooks", PASSWORD)).start()
+    try:
+        d: Daemon = await make_daemon({"delivery": {"proxy": proxy.url(f"hooks:{PASSWORD}@")}})
+        url = f"http://receiver.test:{port_of(receiver.url)}/hook"
+        ep = await d.endpoint(url)
+        ev = await d.publish()
+        attempt = await only_attempt(d, ep["id"], "delivered")
+    finally:
+        await proxy.stop()
     assert attempt["status_code"] == 200
     assert [s.request_line for s in proxy.seen] == [f"POST {url} HTTP/1.1"]
+    token = base64.b64encode(f"hooks:{PASSWORD}".encode()).decode()
+    assert proxy.seen[0].headers["proxy-authorization"] == f"Basic {token}"
     assert receiver.event_ids() == [ev["id"]]
+    # The proxy's credentials are not part of the request the receiver got.
+    assert "proxy-authorization" not in {k.lower() for k in attempt["request_headers"]}
+    assert PASSWORD not in d.log_text()
 
 
 async def test_a_proxy_that_is_down_gives_attempts_of_kind_proxy(make_daemon: Any) -> None:
