@@ -43,15 +43,18 @@ MAX_DELIVER_AHEAD_MS = 366 * 86400 * 1000
 ENVELOPE_SLACK = 65536
 
 
+Loc = tuple[str | int, ...]
+
+
 def _check_event(
     body: Any,
-    loc: tuple[str | int, ...],
+    loc: Loc,
     st: State,
     limited: Any,
     problems: Problems,
     *,
     id_header: str | None,
-    too_large: list[tuple[tuple[str | int, ...], int]],
+    too_large: list[tuple[Loc, int]],
 ) -> NewEvent | None:
     """The event one publish describes, or None with its problems added. `limited` is
     the tenant the caller's key is limited to (ANY_TENANT if none); a key publishing to
@@ -61,44 +64,16 @@ def _check_event(
         return None
     start = len(problems.items)
     unknown_fields(body, ("type", "payload", "tenant", "id", "deliver_at"), problems, loc)
-    event_type: Any = body.get("type")
-    if "type" not in body:
-        problems.add((*loc, "type"), "field required")
-    elif string(event_type, (*loc, "type"), problems, max_len=200, min_len=1) is not None:
-        if not EVENT_TYPE_RE.fullmatch(event_type):
-            problems.add((*loc, "type"), "expected dot-separated segments of [a-zA-Z0-9_-]")
-        elif not st.store.has_event_type(event_type):
-            problems.add(
-                (*loc, "type"),
-                f"unknown event type {event_type!r}; add it with POST /v1/event-types or in "
-                "the config's event_types",
-            )
+    # Checked in this order so that `detail` lists the fields' problems in it.
+    event_type = _check_type(body, loc, st, problems)
     payload = body.get("payload")
     if "payload" not in body:
         problems.add((*loc, "payload"), "field required")
     elif not isinstance(payload, dict):
         problems.add((*loc, "payload"), "expected a JSON object")
-    tenant = body.get("tenant")
-    if tenant is not None and (not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant)):
-        problems.add((*loc, "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
-    if limited is not ANY_TENANT:
-        if "tenant" in body and tenant != limited:
-            raise ApiError(403, f"this API key may only publish to tenant {limited!r}")
-        tenant = limited
-    event_id: Any = body.get("id")
-    if event_id is None and id_header is not None:
-        event_id = id_header
-    elif event_id is not None and id_header is not None and event_id != id_header:
-        problems.add((*loc, "id"), "differs from the Idempotency-Key header")
-    if event_id is not None and (
-        not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id)
-    ):
-        problems.add((*loc, "id"), "expected 1-128 of [A-Za-z0-9_.:-]")
-    deliver_at = None
-    if body.get("deliver_at") is not None:
-        deliver_at = timestamp(body["deliver_at"], (*loc, "deliver_at"), problems)
-        if deliver_at is not None and deliver_at - now_ms() > MAX_DELIVER_AHEAD_MS:
-            problems.add((*loc, "deliver_at"), "expected at most one year ahead")
+    tenant = _check_tenant(body, loc, limited, problems)
+    event_id = _check_id(body, loc, id_header, problems)
+    deliver_at = _check_deliver_at(body, loc, problems)
     if len(problems.items) > start:
         return None
     payload_json = jsonio.dumps(payload)
@@ -114,6 +89,58 @@ def _check_event(
         body_hash=body_hash(event_type, tenant, payload, deliver_at) if chosen else None,
         deliver_at=deliver_at,
     )
+
+
+def _check_type(body: dict[str, Any], loc: Loc, st: State, problems: Problems) -> Any:
+    event_type: Any = body.get("type")
+    if "type" not in body:
+        problems.add((*loc, "type"), "field required")
+    elif string(event_type, (*loc, "type"), problems, max_len=200, min_len=1) is not None:
+        if not EVENT_TYPE_RE.fullmatch(event_type):
+            problems.add((*loc, "type"), "expected dot-separated segments of [a-zA-Z0-9_-]")
+        elif not st.store.has_event_type(event_type):
+            problems.add(
+                (*loc, "type"),
+                f"unknown event type {event_type!r}; add it with POST /v1/event-types or in "
+                "the config's event_types",
+            )
+    return event_type
+
+
+def _check_tenant(body: dict[str, Any], loc: Loc, limited: Any, problems: Problems) -> Any:
+    """The event's tenant: the body's, or the one the caller's key is limited to (a key
+    naming another tenant raises 403)."""
+    tenant = body.get("tenant")
+    if tenant is not None and (not isinstance(tenant, str) or not TENANT_RE.fullmatch(tenant)):
+        problems.add((*loc, "tenant"), "expected null or 1-128 of [A-Za-z0-9_.:@-]")
+    if limited is not ANY_TENANT:
+        if "tenant" in body and tenant != limited:
+            raise ApiError(403, f"this API key may only publish to tenant {limited!r}")
+        tenant = limited
+    return tenant
+
+
+def _check_id(body: dict[str, Any], loc: Loc, id_header: str | None, problems: Problems) -> Any:
+    """The caller's event id (the body's or the Idempotency-Key header), or None."""
+    event_id: Any = body.get("id")
+    if event_id is None and id_header is not None:
+        event_id = id_header
+    elif event_id is not None and id_header is not None and event_id != id_header:
+        problems.add((*loc, "id"), "differs from the Idempotency-Key header")
+    if event_id is not None and (
+        not isinstance(event_id, str) or not EVENT_ID_RE.fullmatch(event_id)
+    ):
+        problems.add((*loc, "id"), "expected 1-128 of [A-Za-z0-9_.:-]")
+    return event_id
+
+
+def _check_deliver_at(body: dict[str, Any], loc: Loc, problems: Problems) -> int | None:
+    if body.get("deliver_at") is None:
+        return None
+    deliver_at = timestamp(body["deliver_at"], (*loc, "deliver_at"), problems)
+    if deliver_at is not None and deliver_at - now_ms() > MAX_DELIVER_AHEAD_MS:
+        problems.add((*loc, "deliver_at"), "expected at most one year ahead")
+    return deliver_at
 
 
 def _raise_too_large(request: web.Request, too_large: list[tuple[Any, int]]) -> None:
