@@ -124,19 +124,10 @@ def publish_merged(
     """All publishes queued in one batch: find existing ids, then two bulk inserts."""
     store = items[0][0]
     now = now_ms()
-    wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
-    existing: dict[str, tuple[Event, bytes | None]] = {}
-    for r in select_in(
-        conn,
-        "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
-        "FROM events WHERE id IN ({marks})",
-        wanted_ids,
-    ):
-        existing[r[0]] = (Event(*r[:7]), r[7])
+    existing = _existing_events(conn, items)
     event_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[list[Any]] = []
     outputs: list[Any] = []
-    existing_counts: dict[str, int] = {}
     handed: list[Claimed] = []
     try:
         for _, evs in items:
@@ -164,21 +155,43 @@ def publish_merged(
         )
     if delivery_rows:
         insert_rows(conn, INSERT_DELIVERIES, 9, delivery_rows)
-    # Idempotent repeats report the delivery count of the original event.
-    for out in outputs:
-        if isinstance(out, list):
-            for i, res in enumerate(out):
-                if res.deliveries == -1:
-                    eid = res.event.id
-                    if eid not in existing_counts:
-                        row = conn.execute(
-                            "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
-                        ).fetchone()
-                        existing_counts[eid] = int(row[0]) if row else 0
-                    out[i] = PublishResult(
-                        event=res.event, deliveries=existing_counts[eid], created=False
-                    )
+    _count_repeats(conn, outputs)
     return outputs
+
+
+def _existing_events(
+    conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
+) -> dict[str, tuple[Event, bytes | None]]:
+    """The stored events (with their body hashes) whose ids the callers chose."""
+    wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
+    existing: dict[str, tuple[Event, bytes | None]] = {}
+    for r in select_in(
+        conn,
+        "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
+        "FROM events WHERE id IN ({marks})",
+        wanted_ids,
+    ):
+        existing[r[0]] = (Event(*r[:7]), r[7])
+    return existing
+
+
+def _count_repeats(conn: sqlite3.Connection, outputs: list[Any]) -> None:
+    """Idempotent repeats (staged with deliveries=-1) report the delivery count of the
+    original event."""
+    counts: dict[str, int] = {}
+    for out in outputs:
+        if not isinstance(out, list):
+            continue
+        for i, res in enumerate(out):
+            if res.deliveries != -1:
+                continue
+            eid = res.event.id
+            if eid not in counts:
+                row = conn.execute(
+                    "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
+                ).fetchone()
+                counts[eid] = int(row[0]) if row else 0
+            out[i] = PublishResult(event=res.event, deliveries=counts[eid], created=False)
 
 
 @dataclass(slots=True)
