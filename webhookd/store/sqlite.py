@@ -671,72 +671,27 @@ class SQLiteStore:
     def _claim_job(
         self, conn: sqlite3.Connection, wants: Mapping[str, int], now: int
     ) -> tuple[list[Claimed], dict[str, int | None]]:
+        ordered = {e for e in wants if (ep := self.endpoints.get(e)) is not None and ep.ordered}
         parts: list[str] = []
         args: list[Any] = []
         for endpoint_id, n in wants.items():
-            ep = self.endpoints.get(endpoint_id)
-            if ep is not None and ep.ordered:
-                # Strictly in publish order: only the oldest pending delivery, if it is due.
-                parts.append(
-                    "SELECT id FROM (SELECT id, next_attempt_at FROM deliveries "
-                    "WHERE endpoint_id=? AND status='pending' ORDER BY seq LIMIT 1) "
-                    "WHERE next_attempt_at<=?"
-                )
+            if endpoint_id in ordered:
+                parts.append(_CLAIM_ORDERED)
                 args += [endpoint_id, now]
             else:
-                parts.append(
-                    "SELECT id FROM (SELECT id FROM deliveries WHERE endpoint_id=? AND "
-                    "status='pending' AND next_attempt_at<=? ORDER BY next_attempt_at LIMIT ?)"
-                )
+                parts.append(_CLAIM_DUE)
                 args += [endpoint_id, now, n]
-        claimed: list[Claimed] = []
+        claimed = _claim_rows(conn, parts, args, now) if parts else []
         counts: dict[str, int] = dict.fromkeys(wants, 0)
-        if parts:
-            # One row holding every claimed delivery with its event as JSON, then one
-            # statement to mark them: two steps, however many are claimed (see
-            # store/batches.py on why steps per row are expensive here).
-            row = conn.execute(claim_select(parts), args).fetchone()
-            rows = orjson.loads(row[0]) if row and row[0] else []
-            if rows:
-                conn.execute(MARK_DELIVERING, (now, orjson.dumps([r[0] for r in rows])))
-            events: dict[str, Event] = {}
-            for r in rows:
-                event = events.get(r[7])
-                if event is None:
-                    event = events[r[7]] = Event(
-                        r[7], r[8], r[9], bytes.fromhex(r[10]), r[11], r[12], r[13]
-                    )
-                counts[r[1]] += 1
-                claimed.append(
-                    Claimed(
-                        delivery_id=r[0],
-                        endpoint_id=r[1],
-                        event=event,
-                        attempt_count=r[2],
-                        failures=r[3],
-                        format_index=r[4],
-                        manual=bool(r[5]),
-                        resume_at=r[6],
-                        had_failures=r[2] > 0,
-                    )
-                )
+        for c in claimed:
+            counts[c.endpoint_id] += 1
         next_due: dict[str, int | None] = {}
         for endpoint_id, n in wants.items():
-            ep = self.endpoints.get(endpoint_id)
-            if counts[endpoint_id] >= n and not (ep is not None and ep.ordered):
-                continue
-            if ep is not None and ep.ordered:
-                sql = (
-                    "SELECT next_attempt_at FROM deliveries WHERE endpoint_id=? AND "
-                    "status='pending' ORDER BY seq LIMIT 1"
-                )
-            else:
-                sql = (
-                    "SELECT MIN(next_attempt_at) FROM deliveries WHERE endpoint_id=? AND "
-                    "status='pending'"
-                )
-            row = conn.execute(sql, (endpoint_id,)).fetchone()
-            next_due[endpoint_id] = row[0] if row else None
+            # An ordered endpoint may have claimed its head and still have more due.
+            if endpoint_id in ordered or counts[endpoint_id] < n:
+                sql = _NEXT_ORDERED if endpoint_id in ordered else _NEXT_DUE
+                row = conn.execute(sql, (endpoint_id,)).fetchone()
+                next_due[endpoint_id] = row[0] if row else None
         return claimed, next_due
 
     async def record(self, outcome: Outcome) -> None:
@@ -778,6 +733,59 @@ class SQLiteStore:
             rows = rows[:limit]
             nxt = encode_cursor(rows[-1][-1])
         return rows, nxt
+
+
+# The claim's choice of deliveries per endpoint. Ordered: strictly in publish order, only
+# the oldest pending delivery, if it is due.
+_CLAIM_ORDERED = (
+    "SELECT id FROM (SELECT id, next_attempt_at FROM deliveries "
+    "WHERE endpoint_id=? AND status='pending' ORDER BY seq LIMIT 1) "
+    "WHERE next_attempt_at<=?"
+)
+_CLAIM_DUE = (
+    "SELECT id FROM (SELECT id FROM deliveries WHERE endpoint_id=? AND "
+    "status='pending' AND next_attempt_at<=? ORDER BY next_attempt_at LIMIT ?)"
+)
+# When an endpoint that got less than it asked for next has something due.
+_NEXT_ORDERED = (
+    "SELECT next_attempt_at FROM deliveries WHERE endpoint_id=? AND "
+    "status='pending' ORDER BY seq LIMIT 1"
+)
+_NEXT_DUE = "SELECT MIN(next_attempt_at) FROM deliveries WHERE endpoint_id=? AND status='pending'"
+
+
+def _claim_rows(
+    conn: sqlite3.Connection, parts: list[str], args: list[Any], now: int
+) -> list[Claimed]:
+    """Claim the deliveries the `parts` choose: one row holding every claimed delivery
+    with its event as JSON, then one statement to mark them, two steps however many are
+    claimed (see store/batches.py on why steps per row are expensive here)."""
+    row = conn.execute(claim_select(parts), args).fetchone()
+    rows = orjson.loads(row[0]) if row and row[0] else []
+    if rows:
+        conn.execute(MARK_DELIVERING, (now, orjson.dumps([r[0] for r in rows])))
+    events: dict[str, Event] = {}
+    claimed: list[Claimed] = []
+    for r in rows:
+        event = events.get(r[7])
+        if event is None:
+            event = events[r[7]] = Event(
+                r[7], r[8], r[9], bytes.fromhex(r[10]), r[11], r[12], r[13]
+            )
+        claimed.append(
+            Claimed(
+                delivery_id=r[0],
+                endpoint_id=r[1],
+                event=event,
+                attempt_count=r[2],
+                failures=r[3],
+                format_index=r[4],
+                manual=bool(r[5]),
+                resume_at=r[6],
+                had_failures=r[2] > 0,
+            )
+        )
+    return claimed
 
 
 def _split_sql(script: str) -> list[str]:
