@@ -117,6 +117,10 @@ class Connection(asyncio.Protocol):
         self.request: web.BaseRequest | None = None  # the one being read or handled
         self.more = False  # bytes arrived while a request was handled (pipelining)
         self.eof = False  # the client shut its sending side
+        self.deadline: float | None = None  # loop time; None: none runs
+        # One handle, never more than the read timeout ahead of when it was set: a new
+        # deadline (at least that far ahead) then rarely needs a new handle, so a
+        # request costs no timer of its own (aiohttp's keep-alive timer works alike).
         self._timer: asyncio.TimerHandle | None = None
 
     # --- asyncio.Protocol, delegated to aiohttp's protocol -------------------------
@@ -155,6 +159,9 @@ class Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self.request = None
         if self.inner is None:
             return
@@ -216,16 +223,35 @@ class Connection(asyncio.Protocol):
         self._arm(self.owner.state.config.limits.request_read_timeout_s)
 
     def _arm(self, delay_s: float) -> None:
-        self._disarm()
-        self._timer = asyncio.get_running_loop().call_later(delay_s, self._expired)
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        self.deadline = deadline = now + delay_s
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            self._timer = loop.call_at(self._next_check(now), self._check)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self.deadline = None  # the handle, if any, finds nothing to do
+
+    def _next_check(self, now: float) -> float:
+        assert self.deadline is not None
+        return min(self.deadline, now + self.owner.state.config.limits.request_read_timeout_s)
+
+    def _check(self) -> None:
+        self._timer = None
+        if self.deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if now < self.deadline:
+            self._timer = loop.call_at(self._next_check(now), self._check)
+            return
+        self.deadline = None
+        self._expired()
 
     def _expired(self) -> None:
-        self._timer = None
         request = self.request
         if self.phase is Phase.READING and request is not None and request.content.is_eof():
             self._handling()  # the body arrived in time; its handler is still working
