@@ -212,7 +212,8 @@ async def client_verdict(url: str) -> Verdict:
     client = http1.Client(GuardedResolver(AddressPolicy(["127.0.0.0/8"])))
     head = http1.header_block({"Host": http1.target(url).host_header, "Content-Length": "0"})
     try:
-        answer = await client.post(url, head, b"", timeout_s=1.0, keep=LIMIT, discard=LIMIT)
+        # No case is meant to time out: the bound is for a busy machine, not the verdict.
+        answer = await client.post(url, head, b"", timeout_s=5.0, keep=LIMIT, discard=LIMIT)
     except http1.Failure as exc:
         return ("error", exc.kind)
     finally:
@@ -257,7 +258,7 @@ def test_client_reads_responses_as_h11_does() -> None:
     @settings(
         max_examples=150,
         deadline=None,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        suppress_health_check=list(HealthCheck),  # real sockets: slow by nature
     )
     @given(responses())
     def check(case: Case) -> None:

@@ -64,6 +64,7 @@ MAX_HEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 8190
 MAX_LINE_BYTES = MAX_FIELD_BYTES  # the name it had; a folded field counts as one line
 MAX_FIELDS = 100
+_FIELD_ROOM = MAX_FIELD_BYTES - 2  # name and value, without ": "
 KEEPALIVE_S = 15.0
 MAX_IDLE = 256  # kept-alive connections over all origins
 SWEEP_S = 0.05  # how often open requests are checked against their deadline
@@ -275,14 +276,9 @@ class _Conn(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._fields += 1
-        if self._fields > MAX_FIELDS:
-            self._stop_invalid(f"more than {MAX_FIELDS} header fields")
-        if len(name) + len(value) + 2 > MAX_FIELD_BYTES:
-            self._stop_invalid(f"a header field is longer than {MAX_FIELD_BYTES} bytes")
-        if self._phase == _BODY:  # a trailer: counted, not kept
-            self._trailer_room -= len(name) + len(value) + 4
-            if self._trailer_room < 0:
-                self._stop_invalid(f"the response trailers exceed {MAX_HEAD_BYTES} bytes")
+        size = len(name) + len(value)
+        if self._fields > MAX_FIELDS or size > _FIELD_ROOM or self._phase == _BODY:
+            self._unusual_field(size)  # raises, or counts a trailer
             return
         key = name.decode("latin-1")  # llhttp admits only token characters in a name
         text = value.rstrip(b" \t").decode("utf-8", "replace")
@@ -292,6 +288,16 @@ class _Conn(asyncio.Protocol):
         headers = self._headers
         old = headers.get(key)
         headers[key] = text if old is None else f"{old}, {text}"
+
+    def _unusual_field(self, size: int) -> None:
+        """A field past a limit, or a trailer (counted, not kept)."""
+        if self._fields > MAX_FIELDS:
+            self._stop_invalid(f"more than {MAX_FIELDS} header fields")
+        if size > _FIELD_ROOM:
+            self._stop_invalid(f"a header field is longer than {MAX_FIELD_BYTES} bytes")
+        self._trailer_room -= size + 4  # ": " and CRLF
+        if self._trailer_room < 0:
+            self._stop_invalid(f"the response trailers exceed {MAX_HEAD_BYTES} bytes")
 
     def on_headers_complete(self) -> None:
         parser = self._parser
