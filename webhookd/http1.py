@@ -15,8 +15,10 @@ connection, reused for every response on it). What llhttp leaves to us:
 
 - limits: the head, interim (1xx) heads included, within MAX_HEAD_BYTES (fed to the
   parser no further than that); at most MAX_FIELDS fields in a head, and in the trailers;
-  a field (name, ": ", value) within MAX_FIELD_BYTES; trailers within MAX_HEAD_BYTES;
-  after the head, the bytes on the wire (body, chunk framing, trailers) within
+  a field (name, ": ", value) within MAX_FIELD_BYTES; trailers within MAX_HEAD_BYTES, and
+  so are the bytes read without body data among them (chunk framing, a trailer still
+  arriving: httptools gathers a field split over many reads by copying it again each
+  time); after the head, the bytes on the wire (body, chunk framing, trailers) within
   ``discard`` + MAX_HEAD_BYTES, and the body kept up to ``keep`` bytes and read and
   thrown away up to ``discard``, past which the connection is dropped and the answer
   marked ``too_large``. So reading a response costs time linear in its bytes, and a
@@ -30,7 +32,9 @@ connection, reused for every response on it). What llhttp leaves to us:
   client reading its own connection has no second parser to disagree with. Chunk framing
   stays strict (llhttp offers no leniency for a bare LF after a chunk size);
 - obs-fold (a header line continued on the next line): accepted, as RFC 9112 section
-  5.2 asks of a user agent, and joined with a single space. llhttp accepts it only with
+  5.2 asks of a user agent, and joined with a single space (llhttp does not say where a
+  fold was, so in a head with a fold every run of blanks in a value becomes one space;
+  a head without one keeps its values as sent). llhttp accepts obs-fold only with
   ``lenient_headers``, which also lets control characters through in field values: we
   keep those as sent (they are only shown in the delivery log);
 - Content-Length together with Transfer-Encoding, or Content-Length repeated, is
@@ -62,7 +66,6 @@ __all__ = ["DIRECT", "Answer", "Client", "Failure", "Route", "Target", "header_b
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_FIELD_BYTES = 8190
-MAX_LINE_BYTES = MAX_FIELD_BYTES  # the name it had; a folded field counts as one line
 MAX_FIELDS = 100
 _FIELD_ROOM = MAX_FIELD_BYTES - 2  # name and value, without ": "
 KEEPALIVE_S = 15.0
