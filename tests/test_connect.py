@@ -585,3 +585,20 @@ async def test_invalid_tls_material_fails_as_tls_without_showing_the_key(
     assert "could not be loaded" in error.message or "no tls.client_cert" in error.message
     assert "TOPSECRET" not in error.message and "PRIVATE KEY" not in error.message
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_plain_http_refused_by_the_proxy_for_credentials_fails_as_proxy(
+    receiver: Receiver,
+) -> None:
+    """A 407 on a forwarded plain-http request is the proxy's answer, not the endpoint's."""
+    proxy = await ForwardProxy(names={"receiver.test"}, credentials=("hooks", "right")).start()
+    try:
+        async with client_for(LOOPBACK) as client:
+            url = f"http://receiver.test:{port_of(receiver.url)}/hook"
+            with pytest.raises(http1.Failure) as info:
+                await post(client, url, Route(proxy.url("hooks:wrong@")))
+    finally:
+        await proxy.stop()
+    assert info.value.kind == "proxy"
+    assert "407" in info.value.message and "wrong" not in info.value.message
+    assert receiver.received == []

@@ -511,6 +511,14 @@ class Client:
             conn.waiter = None
             self._busy.discard(conn)
             self._release(conn)
+        if answer.status == 407 and conn.absolute_form:
+            # Only the forward proxy asks for proxy authentication: its failure, not the
+            # endpoint's answer.
+            raise Failure(
+                "proxy",
+                "the proxy answered HTTP 407 (proxy authentication required): check the "
+                "credentials in the proxy URL",
+            )
         return answer
 
     def _check_deadlines(self) -> None:
