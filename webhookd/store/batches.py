@@ -4,6 +4,7 @@ while a transaction runs is written by one call with a few bulk statements."""
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import sqlite3
 from collections.abc import Collection, Iterator, Sequence
@@ -69,9 +70,14 @@ def insert_rows(
 # JSON text again for every column it extracts. An attempt row carries two header
 # documents: 4 us per attempt instead of 11 here, and a delivery row 10 % less CPU.
 INSERT_DELIVERIES = (
-    "INSERT INTO deliveries(id, event_id, event_type, endpoint_id, tenant, status, "
-    "next_attempt_at, created_at, updated_at)"
+    "INSERT INTO deliveries(id, event_seq, event_id, event_type, endpoint_id, tenant, "
+    "status, next_attempt_at, created_at, updated_at)"
 )
+INSERT_EVENTS = (
+    "INSERT INTO events(seq, id, type, tenant, payload, body_hash, deliver_at, created_at)"
+)
+# A delivery's row (see _stage) holds its status and due time at these places.
+_STATUS, _DUE = 6, 7
 INSERT_ATTEMPTS = (
     "INSERT INTO attempts(delivery_id, number, started_at, duration_ms, trigger, format, "
     "request_headers, status_code, response_headers, response_body, error_kind, "
@@ -105,7 +111,7 @@ def claim_select(parts: Sequence[str]) -> str:
         "SELECT json_group_array(json_array(d.id, d.endpoint_id, d.attempt_count, "
         "d.failures, d.format_index, d.manual, d.resume_at, e.id, e.type, e.tenant, "
         "hex(e.payload), e.deliver_at, e.created_at, e.seq)) FROM deliveries d "
-        "JOIN events e ON e.id=d.event_id WHERE d.id IN (" + " UNION ALL ".join(parts) + ")"
+        "JOIN events e ON e.seq=d.event_seq WHERE d.id IN (" + " UNION ALL ".join(parts) + ")"
     )
 
 
@@ -125,13 +131,16 @@ def publish_merged(
     store = items[0][0]
     now = now_ms()
     existing = _existing_events(conn, items)
+    # Events get their row keys here, so that their deliveries can refer to them in the
+    # same bulk insert (one writer: nothing else inserts events meanwhile).
+    seqs = itertools.count(_last_event_seq(conn) + 1)
     event_rows: list[tuple[Any, ...]] = []
     delivery_rows: list[list[Any]] = []
     outputs: list[Any] = []
     handed: list[Claimed] = []
     try:
         for _, evs in items:
-            staged = _stage(store, now, evs, existing)
+            staged = _stage(store, now, evs, existing, seqs)
             if isinstance(staged, Conflict):
                 outputs.append(staged)
                 continue
@@ -147,51 +156,58 @@ def publish_merged(
         if handed:
             _after_hand_over(store, handed)
     if event_rows:
-        insert_rows(
-            conn,
-            "INSERT INTO events(id, type, tenant, payload, body_hash, deliver_at, created_at)",
-            7,
-            event_rows,
-        )
+        insert_rows(conn, INSERT_EVENTS, 8, event_rows)
     if delivery_rows:
-        insert_rows(conn, INSERT_DELIVERIES, 9, delivery_rows)
+        insert_rows(conn, INSERT_DELIVERIES, 10, delivery_rows)
     _count_repeats(conn, outputs)
     return outputs
 
 
+def _last_event_seq(conn: sqlite3.Connection) -> int:
+    """The highest event row key ever handed out (AUTOINCREMENT keeps it past purges)."""
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name='events'").fetchone()
+    return int(row[0]) if row else 0
+
+
+# Caller-chosen ids are unique per tenant (None is one tenant too), not across tenants.
+EventKey = tuple[str | None, str]
+
+
 def _existing_events(
     conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Sequence[NewEvent]]]
-) -> dict[str, tuple[Event, bytes | None]]:
-    """The stored events (with their body hashes) whose ids the callers chose."""
-    wanted_ids = {ev.id for _, evs in items for ev in evs if ev.body_hash is not None}
-    existing: dict[str, tuple[Event, bytes | None]] = {}
+) -> dict[EventKey, tuple[Event, bytes | None]]:
+    """The stored events (with their body hashes) whose (tenant, id) the callers chose."""
+    wanted = {(ev.tenant, ev.id) for _, evs in items for ev in evs if ev.body_hash is not None}
+    existing: dict[EventKey, tuple[Event, bytes | None]] = {}
     for r in select_in(
         conn,
         "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
         "FROM events WHERE id IN ({marks})",
-        wanted_ids,
+        {event_id for _, event_id in wanted},
     ):
-        existing[r[0]] = (Event(*r[:7]), r[7])
+        # Other tenants' events with the same id are not this caller's business.
+        if (r[2], r[0]) in wanted:
+            existing[r[2], r[0]] = (Event(*r[:7]), r[7])
     return existing
 
 
 def _count_repeats(conn: sqlite3.Connection, outputs: list[Any]) -> None:
     """Idempotent repeats (staged with deliveries=-1) report the delivery count of the
     original event."""
-    counts: dict[str, int] = {}
+    counts: dict[int, int] = {}
     for out in outputs:
         if not isinstance(out, list):
             continue
         for i, res in enumerate(out):
             if res.deliveries != -1:
                 continue
-            eid = res.event.id
-            if eid not in counts:
+            seq = res.event.seq
+            if seq not in counts:
                 row = conn.execute(
-                    "SELECT COUNT(*) FROM deliveries WHERE event_id=?", (eid,)
+                    "SELECT COUNT(*) FROM deliveries WHERE event_seq=?", (seq,)
                 ).fetchone()
-                counts[eid] = int(row[0]) if row else 0
-            out[i] = PublishResult(event=res.event, deliveries=counts[eid], created=False)
+                counts[seq] = int(row[0]) if row else 0
+            out[i] = PublishResult(event=res.event, deliveries=counts[seq], created=False)
 
 
 @dataclass(slots=True)
@@ -205,25 +221,28 @@ class _Staged:
     due: list[tuple[PublishResult, list[tuple[Endpoint, int, list[Any]]]]] = field(
         default_factory=list
     )
-    existing: dict[str, tuple[Event, bytes | None]] = field(default_factory=dict)
+    existing: dict[EventKey, tuple[Event, bytes | None]] = field(default_factory=dict)
 
 
 def _stage(
     store: SQLiteStore,
     now: int,
     evs: Sequence[NewEvent],
-    existing: dict[str, tuple[Event, bytes | None]],
+    existing: dict[EventKey, tuple[Event, bytes | None]],
+    seqs: Iterator[int],
 ) -> _Staged | Conflict:
     """The rows of one publish call, or the Conflict that refuses all of it."""
     staged = _Staged()
     for index, ev in enumerate(evs):
-        prior = existing.get(ev.id) or staged.existing.get(ev.id)
+        key = (ev.tenant, ev.id)
+        prior = existing.get(key) or staged.existing.get(key)
         if prior is not None:
             if prior[1] != ev.body_hash:
                 where = f" (events[{index}])" if len(evs) > 1 else ""
                 return Conflict(f"event id {ev.id}{where} was already used with a different body")
             staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
             continue
+        seq = next(seqs)
         event = Event(
             id=ev.id,
             type=ev.type,
@@ -231,10 +250,11 @@ def _stage(
             payload_json=ev.payload_json,
             deliver_at=ev.deliver_at,
             created_at=now,
+            seq=seq,
         )
-        staged.existing[ev.id] = (event, ev.body_hash)
+        staged.existing[key] = (event, ev.body_hash)
         staged.event_rows.append(
-            (ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+            (seq, ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
         )
         ids: list[str] = []
         pending: list[tuple[Endpoint, int, list[Any]]] = []
@@ -242,9 +262,9 @@ def _stage(
             delivery_id = new_id("dlv")
             ids.append(delivery_id)
             due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
-            row = [delivery_id, ev.id, ev.type, ep.id, ev.tenant, "skipped", None, now, now]
+            row = [delivery_id, seq, ev.id, ev.type, ep.id, ev.tenant, "skipped", None, now, now]
             if ep.active:
-                row[5], row[6] = "pending", due
+                row[_STATUS], row[_DUE] = "pending", due
                 pending.append((ep, due, row))
             staged.delivery_rows.append(row)
         result = PublishResult(
@@ -267,7 +287,7 @@ def _hand_over(
     offers = store.offers
     for ep, due, row in pending:
         if due <= now and not ep.ordered and not ep.rate_limit_per_s and offers.take(ep.id):
-            row[5] = "delivering"
+            row[_STATUS] = "delivering"
             handed.append(Claimed(row[0], ep.id, event, 0, 0, 0, False, None, False))
         else:
             yield ep.id, due

@@ -108,4 +108,74 @@ MIGRATIONS: list[str] = [
     ALTER TABLE endpoints ADD COLUMN proxy TEXT;
     ALTER TABLE endpoints ADD COLUMN tls TEXT;
     """,
+    # 3: event ids are unique per tenant (NULL counts as one tenant), not across tenants:
+    # one tenant's ids must neither conflict with nor reveal another's. Deliveries point at
+    # their event by its row key (seq); `event_id` stays as the public id they show. SQLite
+    # cannot drop a column's UNIQUE or change a foreign key in place, so both tables are
+    # rebuilt (the runner turns foreign keys off around migrations, so dropping the old
+    # tables cascades nothing, and checks them before committing). The AUTOINCREMENT
+    # counters are carried over: seqs of purged rows are never handed out again.
+    """
+    CREATE TABLE events_v3 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL,
+        type TEXT NOT NULL,
+        tenant TEXT,
+        payload BLOB NOT NULL,
+        body_hash BLOB,
+        deliver_at INTEGER,
+        created_at INTEGER NOT NULL
+    );
+    INSERT INTO events_v3(seq, id, type, tenant, payload, body_hash, deliver_at, created_at)
+        SELECT seq, id, type, tenant, payload, body_hash, deliver_at, created_at FROM events;
+
+    CREATE TABLE deliveries_v3 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        event_seq INTEGER NOT NULL REFERENCES events(seq) ON DELETE CASCADE,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        endpoint_id TEXT NOT NULL,
+        tenant TEXT,
+        status TEXT NOT NULL,
+        attempt_count INTEGER NOT NULL DEFAULT 0,
+        failures INTEGER NOT NULL DEFAULT 0,
+        format_index INTEGER NOT NULL DEFAULT 0,
+        manual INTEGER NOT NULL DEFAULT 0,
+        resume_at INTEGER,
+        next_attempt_at INTEGER,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    -- Event ids were unique until now, so the join finds each delivery's one event.
+    INSERT INTO deliveries_v3(seq, id, event_seq, event_id, event_type, endpoint_id, tenant,
+        status, attempt_count, failures, format_index, manual, resume_at, next_attempt_at,
+        created_at, updated_at)
+        SELECT d.seq, d.id, e.seq, d.event_id, d.event_type, d.endpoint_id, d.tenant,
+        d.status, d.attempt_count, d.failures, d.format_index, d.manual, d.resume_at,
+        d.next_attempt_at, d.created_at, d.updated_at
+        FROM deliveries d JOIN events e ON e.id = d.event_id;
+
+    DELETE FROM sqlite_sequence WHERE name IN ('events_v3', 'deliveries_v3');
+    INSERT INTO sqlite_sequence(name, seq)
+        SELECT name || '_v3', seq FROM sqlite_sequence WHERE name IN ('events', 'deliveries');
+    DROP TABLE deliveries;
+    DROP TABLE events;
+    ALTER TABLE events_v3 RENAME TO events;
+    ALTER TABLE deliveries_v3 RENAME TO deliveries;
+
+    -- The idempotency lookup (by id, then tenant) and the uniqueness it relies on.
+    CREATE UNIQUE INDEX events_id ON events(id, IFNULL(tenant, ''));
+    CREATE INDEX events_created ON events(created_at);
+    CREATE INDEX events_type ON events(type, seq);
+    CREATE INDEX events_tenant ON events(tenant, seq);
+    CREATE INDEX deliveries_due ON deliveries(endpoint_id, next_attempt_at)
+        WHERE status = 'pending';
+    CREATE INDEX deliveries_ordered ON deliveries(endpoint_id, seq) WHERE status = 'pending';
+    -- An event's deliveries, and the cascade when an event is purged.
+    CREATE INDEX deliveries_event ON deliveries(event_seq);
+    CREATE INDEX deliveries_endpoint ON deliveries(endpoint_id, seq);
+    CREATE INDEX deliveries_status ON deliveries(status, seq);
+    CREATE INDEX deliveries_delivering ON deliveries(status) WHERE status = 'delivering';
+    """,
 ]

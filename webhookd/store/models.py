@@ -33,6 +33,16 @@ class Conflict(Exception):
     pass
 
 
+class AmbiguousId(Conflict):
+    """An event id looked up across tenants that more than one tenant uses (ids are
+    unique per tenant only): the caller has to say which tenant it means."""
+
+    def __init__(self, event_id: str, tenants: list[str | None]) -> None:
+        super().__init__(f"event id {event_id} is used by {len(tenants)} tenants")
+        self.event_id = event_id
+        self.tenants = tenants
+
+
 @dataclass(frozen=True)
 class EventType:
     name: str

@@ -31,6 +31,7 @@ from webhookd.store.handoff import Offers
 from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
+    AmbiguousId,
     Attempt,
     Claimed,
     Conflict,
@@ -148,16 +149,33 @@ class SQLiteStore:
                 f"database {self.path} has schema version {version}, newer than this "
                 f"webhookd understands ({len(MIGRATIONS)}); upgrade webhookd"
             )
-        for i in range(version, len(MIGRATIONS)):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _split_sql(MIGRATIONS[i]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version={i + 1}")
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        # Foreign keys are off while the schema changes (the pragma works only outside a
+        # transaction): a migration that rebuilds a table drops the old one, which would
+        # otherwise cascade to the rows that refer to it. Each migration checks them
+        # before it commits.
+        conn.execute("PRAGMA foreign_keys=OFF")
+        try:
+            for i in range(version, len(MIGRATIONS)):
+                self._migrate_one(conn, i)
+        finally:
+            conn.execute("PRAGMA foreign_keys=ON")
+
+    def _migrate_one(self, conn: sqlite3.Connection, i: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _split_sql(MIGRATIONS[i]):
+                conn.execute(statement)
+            broken = conn.execute("PRAGMA foreign_key_check").fetchone()
+            if broken is not None:
+                raise StorageError(
+                    f"schema version {i + 1} of {self.path} would leave a {broken[0]} row "
+                    f"without its {broken[2]} row; nothing was changed"
+                )
+            conn.execute(f"PRAGMA user_version={i + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -414,7 +432,7 @@ class SQLiteStore:
             cur = conn.execute(
                 "DELETE FROM events WHERE seq IN (SELECT e.seq FROM events e "
                 "WHERE e.created_at < ? AND NOT EXISTS (SELECT 1 FROM deliveries d "
-                "WHERE d.event_id = e.id AND d.status IN ('pending', 'delivering')) "
+                "WHERE d.event_seq = e.seq AND d.status IN ('pending', 'delivering')) "
                 "ORDER BY e.created_at LIMIT ?)",
                 (cutoff, limit),
             )
@@ -458,20 +476,28 @@ class SQLiteStore:
             if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
         ]
 
-    async def get_event(self, event_id: str) -> tuple[Event, list[Delivery]]:
-        async with self._read.execute(
-            "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events WHERE id=?",
-            (event_id,),
-        ) as cur:
-            row = await cur.fetchone()
-        if row is None:
+    async def get_event(self, event_id: str, tenant: Any = ...) -> tuple[Event, list[Delivery]]:
+        """The event with this id in `tenant` (None: the events without one), with its
+        deliveries. Ids are unique per tenant only: with any tenant (`...`), an id that
+        several tenants use raises AmbiguousId."""
+        sql = "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events WHERE id=?"
+        args: list[Any] = [event_id]
+        if tenant is not ...:
+            sql += " AND tenant IS ?"
+            args.append(tenant)
+        async with self._read.execute(sql, args) as cur:
+            rows = list(await cur.fetchall())
+        if not rows:
             raise NotFound(f"no event with id {event_id}")
+        if len(rows) > 1:
+            raise AmbiguousId(event_id, [r[2] for r in rows])
+        event = Event(*rows[0])
         async with self._read.execute(
-            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE event_id=? ORDER BY seq",
-            (event_id,),
+            f"SELECT {DELIVERY_COLS} FROM deliveries WHERE event_seq=? ORDER BY seq",
+            (event.seq,),
         ) as cur:
             deliveries = [delivery_from_row(r) for r in await cur.fetchall()]
-        return Event(*row), deliveries
+        return event, deliveries
 
     async def list_events(
         self,
@@ -521,13 +547,17 @@ class SQLiteStore:
         args: list[Any] = []
         for col, val in (
             ("endpoint_id", endpoint_id),
-            ("event_id", event_id),
             ("event_type", event_type),
             ("status", status),
         ):
             if val is not None:
                 where.append(f"{col}=?")
                 args.append(val)
+        if event_id is not None:
+            # Through the events' id index: the deliveries of every event with this id,
+            # of every tenant unless `tenant` narrows it (a delivery has its event's).
+            where.append("event_seq IN (SELECT seq FROM events WHERE id=?)")
+            args.append(event_id)
         if tenant is not ...:
             where.append("tenant IS ?")
             args.append(tenant)
