@@ -15,7 +15,6 @@ from webhookd.api.context import (
     scope,
     state,
     tenant_filter,
-    visible_to,
 )
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
@@ -32,7 +31,7 @@ from webhookd.api.validate import (
 )
 from webhookd.config import EVENT_TYPE_RE, TENANT_RE
 from webhookd.ids import new_id
-from webhookd.store.models import NewEvent, NotFound, PublishResult
+from webhookd.store.models import AmbiguousId, NewEvent, PublishResult
 from webhookd.store.rows import body_hash, decode_name_cursor, encode_name_cursor
 from webhookd.timefmt import now_ms
 
@@ -232,18 +231,20 @@ async def publish_batch(request: web.Request) -> web.Response:
     ]
     problems.raise_if_any()
     _raise_too_large(request, too_large)
-    seen: dict[str, int] = {}
+    # Ids are unique per tenant: the same id for two tenants is two events.
+    seen: dict[tuple[str | None, str], int] = {}
     for i, e in enumerate(checked):
         assert e is not None
-        if e.id in seen and e.body_hash is not None:
-            first = checked[seen[e.id]]
+        key = (e.tenant, e.id)
+        if key in seen and e.body_hash is not None:
+            first = checked[seen[key]]
             assert first is not None
             if first.body_hash != e.body_hash:
                 problems.add(
                     ("body", "events", i, "id"),
-                    f"repeats events[{seen[e.id]}].id with another body",
+                    f"repeats events[{seen[key]}].id with another body",
                 )
-        seen.setdefault(e.id, i)
+        seen.setdefault(key, i)
     problems.raise_if_any()
     results = await st.store.publish([e for e in checked if e is not None])
     _notify(st, results)
@@ -252,11 +253,35 @@ async def publish_batch(request: web.Request) -> web.Response:
 
 
 async def get(request: web.Request) -> web.Response:
+    """One event by id. Ids are unique per tenant only, so the lookup is in one tenant's
+    ids: a scoped key's own; for an unscoped key the `tenant` query parameter's (empty:
+    the events without a tenant), or else any tenant's as long as only one uses the id
+    (409 naming the tenants when several do)."""
     event_id = request.match_info["event_id"]
-    ev, deliveries = await state(request).store.get_event(event_id)
-    if not visible_to(request, ev.tenant):
-        raise NotFound(f"no event with id {event_id}")
+    try:
+        ev, deliveries = await state(request).store.get_event(event_id, _event_tenant(request))
+    except AmbiguousId as exc:
+        names = ", ".join(sorted(t if t is not None else "no tenant" for t in exc.tenants))
+        raise ApiError(
+            409,
+            f"event id {event_id} is used by several tenants ({names}); add ?tenant=<name> "
+            "to choose one, or ?tenant= for the event without a tenant",
+        ) from None
     return json_response(serialize.event(ev, deliveries))
+
+
+def _event_tenant(request: web.Request) -> Any:
+    """The tenant whose event ids GET /v1/events/{id} looks in (ANY_TENANT: all)."""
+    values = request.query.getall("tenant", [])
+    if len(values) > 1:
+        raise validation_error([{"loc": ["query", "tenant"], "msg": "given more than once"}])
+    chosen: Any = (values[0] or None) if values else ANY_TENANT
+    limited = scope(request)
+    if limited is ANY_TENANT:
+        return chosen
+    if chosen is not ANY_TENANT and chosen != limited:
+        raise ApiError(403, f"this API key may only use tenant {limited!r}")
+    return limited
 
 
 async def list_(request: web.Request) -> web.Response:

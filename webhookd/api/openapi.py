@@ -623,8 +623,12 @@ def _event_paths() -> J:
                 "An event with its deliveries",
                 200,
                 "EventDetail",
-                (404,),
-                params=[path_param("event_id")],
+                (403, 404, 409, 422),
+                params=[
+                    path_param("event_id"),
+                    # Ids are unique per tenant: which tenant's (empty: no tenant's).
+                    query("tenant", {"type": "string"}),
+                ],
             )
         },
     }
