@@ -232,3 +232,148 @@ def test_deeply_nested_json(api: Api) -> None:
     status, _, raw = api.call("POST", "/v1/events", deep)
     assert status in (400, 413)
     check(status, raw)
+
+
+# --- the nasty values of "never a 500", one by one, against a daemon of tests.conftest ----
+
+SCOPED_KEY = "s" * 40
+HUGE = "9" * 5000  # past Python's int() limit of 4,300 digits
+
+
+async def _hostile_daemon(make_daemon: Any) -> Any:
+    d = await make_daemon(
+        {
+            "api_keys": [
+                {"name": "all", "key": KEY},
+                {"name": "acme", "key": SCOPED_KEY, "tenant": "acme"},
+            ]
+        }
+    )
+    d.api_key = KEY
+    return d
+
+
+def _problem(r: Any, status: int = 422) -> list[Any]:
+    """The `detail` locs of an error answer in the contract's shape."""
+    assert r.status == status, r
+    check(r.status, r.body)
+    return [item["loc"] for item in r.json.get("detail", [])]
+
+
+def _no_traceback(d: Any) -> None:
+    text = d.log_text()
+    assert "Traceback" not in text and "internal_error" not in text, text[-3000:]
+
+
+async def test_a_lone_surrogate_is_a_422_naming_where_it_is(make_daemon: Any) -> None:
+    d = await _hostile_daemon(make_daemon)
+    ev = b'{"type": "call.completed", "payload": {"a": ["x", "\\ud800"]}}'
+    assert _problem(await d.post("/v1/events", data=ev)) == [["body", "payload", "a", 1]]
+    batch = b'{"events": [{"type": "call.completed", "payload": {}}, ' + ev + b"]}"
+    locs = _problem(await d.post("/v1/events/batch", data=batch))
+    assert locs == [["body", "events", 1, "payload", "a", 1]]
+    key = b'{"type": "call.completed", "payload": {"\\udfff": 1}}'
+    assert _problem(await d.post("/v1/events", data=key)) == [["body", "payload"]]
+    url = '"url": "https://example.com/h"'
+    for field, loc in (
+        ('"description": "\\ud800"', ["body", "description"]),
+        ('"metadata": {"k": "a\\ud800"}', ["body", "metadata", "k"]),
+        ('"headers": {"X-Extra": "\\udbff"}', ["body", "headers", "X-Extra"]),
+    ):
+        r = await d.post("/v1/endpoints", data=f"{{{url}, {field}}}".encode())
+        assert _problem(r) == [loc], field
+    # A key of metadata: named as well as the answer can (escaped), and no 500.
+    r = await d.post("/v1/endpoints", data=f'{{{url}, "metadata": {{"\\ud800": "v"}}}}'.encode())
+    assert _problem(r) == [["body", "metadata", "\\ud800"]]
+    # A surrogate pair is a character: accepted and kept.
+    ok = await d.post(
+        "/v1/events", data=b'{"type":"call.completed","payload":{"e":"\\ud83d\\ude00"}}'
+    )
+    assert ok.status == 202, ok
+    got = await d.get(f"/v1/events/{ok.json['id']}")
+    assert got.json["payload"] == {"e": "\U0001f600"}
+    _no_traceback(d)
+
+
+async def test_integers_of_any_length_pass_through_exactly(make_daemon: Any, receiver: Any) -> None:
+    d = await _hostile_daemon(make_daemon)
+    await d.endpoint(receiver.url)
+    payload = f'{{"n": {HUGE}, "m": -{HUGE}1, "k": 12345678901234567890123, "x": [1, {HUGE}]}}'
+    body = f'{{"type": "call.completed", "id": "big-1", "payload": {payload}}}'.encode()
+    r = await d.post("/v1/events", data=body)
+    assert r.status == 202, r
+    again = await d.post("/v1/events", data=body)  # the idempotency hash copes too
+    assert again.status == 200, again
+    got = await d.get(f"/v1/events/{r.json['id']}")
+    assert f'"n":{HUGE},"m":-{HUGE}1,' in got.body.decode()
+    sent = (await receiver.wait_for(1))[0]
+    assert f'"data":{payload.replace(" ", "")}' in sent.body.decode()
+    batch = f'{{"events": [{{"type": "call.completed", "payload": {payload}}}]}}'.encode()
+    assert (await d.post("/v1/events/batch", data=batch)).status == 202
+    # Where a bounded number is wanted, any length out of bounds is a 422 naming it.
+    for field in ("delay_s", "max_in_flight", "rate_limit_per_s"):
+        for digits in (HUGE, "9" * 400):  # 400 digits: an int, but beyond any float
+            ep = f'{{"url": "https://example.com/h", "{field}": {digits}}}'.encode()
+            locs = _problem(await d.post("/v1/endpoints", data=ep))
+            assert locs == [["body", field]], (field, len(digits))
+    _no_traceback(d)
+
+
+def _nested(depth: int) -> str:
+    return '{"a":' * (depth - 1) + "{}" + "}" * (depth - 1)
+
+
+async def test_nesting_is_limited_to_128_levels(make_daemon: Any) -> None:
+    d = await _hostile_daemon(make_daemon)
+    ok = await d.post(
+        "/v1/events", data=f'{{"type":"call.completed","payload":{_nested(128)}}}'.encode()
+    )
+    assert ok.status == 202, ok
+    for depth in (129, 300, 1000, 1021):
+        body = f'{{"type":"call.completed","payload":{_nested(depth)}}}'.encode()
+        locs = _problem(await d.post("/v1/events", data=body))
+        assert locs and locs[0][:2] == ["body", "payload"], (depth, locs)
+        batch = b'{"events":[' + body + b"]}"  # 3 levels more: orjson parses 1,024
+        locs = _problem(await d.post("/v1/events/batch", data=batch))
+        assert locs and locs[0][:4] == ["body", "events", 0, "payload"], (depth, locs)
+    deep_list = b'{"type":"call.completed","payload":{"a":' + b"[" * 1000 + b"]" * 1000 + b"}}"
+    assert _problem(await d.post("/v1/events", data=deep_list))
+    meta = f'{{"url": "https://example.com/h", "metadata": {_nested(1000)}}}'.encode()
+    assert _problem(await d.post("/v1/endpoints", data=meta))
+    beyond = b'{"type":"call.completed","payload":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    assert _problem(await d.post("/v1/events", data=beyond), 400) == []
+    _no_traceback(d)
+
+
+async def test_an_authorization_header_that_is_not_utf8_is_a_401(make_daemon: Any) -> None:
+    import http.client
+
+    d = await _hostile_daemon(make_daemon)
+    host, port = d.base.removeprefix("http://").rsplit(":", 1)
+    for value in (
+        b"Bearer \xff\xfe\xfa",
+        b"Bearer " + KEY.encode()[:-2] + b"\xed\xa0\x80",
+        b"\xff",
+    ):
+        conn = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            conn.putrequest("GET", "/v1/endpoints")
+            conn.putheader("Authorization", value)
+            conn.endheaders()
+            resp = conn.getresponse()
+            status, raw = resp.status, resp.read()
+        finally:
+            conn.close()
+        assert status == 401, (value, status, raw)
+        check(status, raw)
+    _no_traceback(d)
+
+
+async def test_limit_must_be_ascii_digits_from_1_to_250(make_daemon: Any) -> None:
+    d = await _hostile_daemon(make_daemon)
+    for path in ("/v1/events", "/v1/endpoints", "/v1/deliveries", "/v1/event-types"):
+        for bad in ("²", "١٢", "9" * 5000, "0", "251", "-1", "+5", " 5"):
+            r = await d.get(f"{path}?limit={urllib.parse.quote(bad)}")
+            assert _problem(r) == [["query", "limit"]], (path, bad)
+        assert (await d.get(f"{path}?limit=250")).status == 200
+    _no_traceback(d)

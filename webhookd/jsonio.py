@@ -1,23 +1,43 @@
-"""JSON in and out without losing data.
+"""JSON in and out without losing data, and the limits on what a stored value may be.
 
 Request bodies that may hold an integer beyond 64 bits are parsed with the standard
-library, which keeps integers of any size exactly (orjson would turn one into a float and
-silently change a customer's payload); both refuse NaN and Infinity, which are not JSON.
-Output uses orjson for speed and falls back to the standard library only for what orjson
-cannot encode.
+library, which keeps integers exactly (orjson would turn one into a float and silently
+change a customer's payload); both refuse NaN and Infinity, which are not JSON. Python's
+int() refuses more than 4,300 digits (a guard against its quadratic conversion), so a
+longer integer is kept as its own text, an `orjson.Fragment`, and written back byte for
+byte: integers of any length pass through exactly and cost no conversion.
+
+Output uses orjson. What JSON text cannot carry is a JSONError naming where it is: a lone
+UTF-16 surrogate (`"\\ud800"` parses, but no UTF-8 text can hold it) and, for stored
+values, nesting deeper than MAX_DEPTH levels.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from typing import Any
 
 import orjson
 
+# Objects and arrays a payload may nest (`{}` is one level). orjson writes at most 254;
+# the envelope and the idempotency hash each wrap a payload once more.
+MAX_DEPTH = 128
+_ORJSON_MAX_DEPTH = 254
+_PAD = _ORJSON_MAX_DEPTH - MAX_DEPTH
+# Python refuses int() of more digits than this (0 means unlimited: still keep the text).
+INT_MAX_DIGITS = sys.get_int_max_str_digits() or 4300
+
+Path = tuple[str | int, ...]
+
 
 class JSONError(ValueError):
-    pass
+    """Not JSON, or not a value webhookd can store; `path` says where, when known."""
+
+    def __init__(self, message: str, path: Path = ()) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 def _no_constants(name: str) -> Any:
@@ -31,7 +51,15 @@ def _finite_float(text: str) -> float:
     return value
 
 
-_decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_float)
+def _exact_int(text: str) -> Any:
+    if len(text) - text.startswith("-") <= INT_MAX_DIGITS:
+        return int(text)
+    return orjson.Fragment(text)
+
+
+_decoder = json.JSONDecoder(
+    parse_constant=_no_constants, parse_float=_finite_float, parse_int=_exact_int
+)
 
 
 # 19 digits in a row: maybe an integer beyond 64 bits (or a long fraction or string of
@@ -42,28 +70,29 @@ _decoder = json.JSONDecoder(parse_constant=_no_constants, parse_float=_finite_fl
 _FOLD = bytes.maketrans(b"0123456789E+-", b"0000000000ess")
 
 
-def _needs_slow_path(data: bytes) -> bool:
+def _needs_slow_path(data: bytes | bytearray) -> bool:
     folded = data.translate(_FOLD)
     return b"0000000000000000000" in folded or b"e000" in folded or b"es000" in folded
 
 
-def loads(data: bytes | str) -> Any:
+def loads(data: bytes | bytearray | str) -> Any:
     """Parse one JSON document; JSONError with a short reason if it is not one.
 
     orjson parses what it parses exactly as the standard library does, except integers
     beyond 64 bits; so a document without a run of 19 digits (or a 3-digit exponent)
     goes through orjson, and anything orjson refuses goes through the standard library
     for its verdict and its error message. Numbers beyond the range of a 64-bit float are
-    refused rather than turned into infinity."""
-    if isinstance(data, bytes) and not _needs_slow_path(data):
+    refused rather than turned into infinity; integers longer than INT_MAX_DIGITS come
+    back as orjson.Fragment (their exact text)."""
+    if isinstance(data, bytes | bytearray) and not _needs_slow_path(data):
         try:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass
     try:
-        text = data.decode("utf-8") if isinstance(data, bytes | bytearray) else data
-        value, end = _decoder.raw_decode(text.strip())
-        if end != len(text.strip()):
+        text = (data.decode("utf-8") if isinstance(data, bytes | bytearray) else data).strip()
+        value, end = _decoder.raw_decode(text)
+        if end != len(text):
             raise JSONError(f"extra data after the JSON value at character {end}")
         return value
     except UnicodeDecodeError:
@@ -75,7 +104,75 @@ def loads(data: bytes | str) -> Any:
 
 
 def dumps(value: Any) -> bytes:
+    """Compact JSON of `value`; JSONError (with its path) for a lone surrogate."""
     try:
         return orjson.dumps(value)
-    except (TypeError, orjson.JSONEncodeError):
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except orjson.JSONEncodeError:
+        return orjson.dumps(writable(value, _ORJSON_MAX_DEPTH))
+
+
+def dump_payload(value: Any) -> tuple[bytes, Any]:
+    """(compact JSON, the value as orjson writes it) of a value to store and send:
+    JSONError with the path of a lone surrogate, or for nesting over MAX_DEPTH levels.
+
+    The returned value has integers beyond 64 bits as their text, so that orjson alone
+    writes it again (sorted keys for a hash included)."""
+    try:
+        out = orjson.dumps(value)
+        if out.count(b"[") + out.count(b"{") > MAX_DEPTH:
+            # Enough containers to nest too deep: orjson's own depth limit checks it in
+            # C, with the value inside _PAD lists (passes exactly at MAX_DEPTH or less).
+            wrapped = value
+            for _ in range(_PAD):
+                wrapped = [wrapped]
+            orjson.dumps(wrapped)
+        return out, value
+    except orjson.JSONEncodeError as exc:
+        if "ecursion" in str(exc):
+            raise JSONError(f"nested more than {MAX_DEPTH} levels deep") from None
+    value = writable(value, MAX_DEPTH)
+    return orjson.dumps(value), value
+
+
+def writable(value: Any, max_depth: int) -> Any:
+    """`value` with integers beyond 64 bits as their text; JSONError naming the path of
+    a lone surrogate, or of nesting deeper than `max_depth`."""
+    return _writable(value, (), max_depth)
+
+
+def _writable(value: Any, path: Path, depth_left: int) -> Any:
+    if isinstance(value, str):
+        _check_text(value, path)
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | list | dict):
+        return value
+    if isinstance(value, int):
+        if -(1 << 63) <= value < (1 << 64):
+            return value
+        try:
+            return orjson.Fragment(str(value))
+        except ValueError:
+            raise JSONError(f"an integer of more than {INT_MAX_DIGITS} digits", path) from None
+    if depth_left <= 0:
+        raise JSONError(f"nested more than {MAX_DEPTH} levels deep", path)
+    if isinstance(value, list):
+        return [_writable(v, (*path, i), depth_left - 1) for i, v in enumerate(value)]
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        _check_text(k, path, key=True)
+        out[k] = _writable(v, (*path, k), depth_left - 1)
+    return out
+
+
+def _check_text(text: str, path: Path, *, key: bool = False) -> None:
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        what = "an object key" if key else "a string"
+        raise JSONError(
+            f"{what} holds a lone UTF-16 surrogate (such as \\ud800), which UTF-8 cannot "
+            "carry; send characters, or surrogate pairs",
+            path,
+        ) from None

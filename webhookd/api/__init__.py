@@ -38,7 +38,9 @@ def find_key(config: Config, authorization: str) -> ApiKey:
             "send an API key as Authorization: Bearer <key>",
             headers={"WWW-Authenticate": 'Bearer realm="webhookd"'},
         )
-    presented = token.strip().encode()
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives back the bytes
+    # that were sent, so a header that is not UTF-8 is simply a key that does not match.
+    presented = token.strip().encode("utf-8", "surrogateescape")
     match = None
     # Compare against every key, always, so timing says nothing about which one is close.
     for key in config.api_keys:

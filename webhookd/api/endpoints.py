@@ -12,7 +12,7 @@ from yarl import URL
 from webhookd import jsonio, netguard, signing
 from webhookd.api import serialize
 from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
-from webhookd.api.errors import ApiError, json_response
+from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
     HEADER_NAME_RE,
     Loc,
@@ -652,7 +652,10 @@ async def send_test(request: web.Request) -> web.Response:
         raise ApiError(
             409, 'the endpoint is disabled; re-enable it with PATCH {"active": true} first'
         )
-    payload_json = jsonio.dumps(payload)
+    try:
+        payload_json, _ = jsonio.dump_payload(payload)
+    except jsonio.JSONError as exc:
+        raise validation_error([{"loc": ["body", "payload", *exc.path], "msg": str(exc)}]) from None
     if len(payload_json) > st.config.limits.max_payload_bytes:
         raise ApiError(413, "the test payload is larger than limits.max_payload_bytes")
     event = NewEvent(

@@ -61,12 +61,30 @@ def validation_error(detail: list[dict[str, Any]]) -> ApiError:
 def json_response(
     data: Any, status: int = 200, headers: dict[str, str] | None = None
 ) -> web.Response:
+    try:
+        body = orjson.dumps(data)
+    except orjson.JSONEncodeError:
+        # An error that quotes the caller's input (an unknown field's name, a `loc` key)
+        # may hold a lone surrogate, which UTF-8 cannot carry: shown escaped instead.
+        body = orjson.dumps(_printable(data))
     return web.Response(
-        body=orjson.dumps(data),
+        body=body,
         status=status,
         content_type="application/json",
         headers=headers,
     )
+
+
+def _printable(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, list | tuple):
+        return [_printable(v) for v in value]
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value if -(1 << 63) <= value < (1 << 64) else str(value)
+    return value
 
 
 def error_body(err: ApiError) -> dict[str, Any]:

@@ -75,7 +75,11 @@ def _check_event(
     deliver_at = _check_deliver_at(body, loc, problems)
     if len(problems.items) > start:
         return None
-    payload_json = jsonio.dumps(payload)
+    try:
+        payload_json, payload = jsonio.dump_payload(payload)
+    except jsonio.JSONError as exc:
+        problems.add((*loc, "payload", *exc.path), str(exc))
+        return None
     if len(payload_json) > st.config.limits.max_payload_bytes:
         too_large.append(((*loc, "payload"), len(payload_json)))
         return None

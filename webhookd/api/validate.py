@@ -98,7 +98,27 @@ def string(
     if "\x00" in value:
         problems.add(loc, "NUL characters are not allowed")
         return None
+    if lone_surrogate(value):
+        problems.add(loc, SURROGATE_MSG)
+        return None
     return value
+
+
+SURROGATE_MSG = (
+    "a lone UTF-16 surrogate (such as \\ud800) is not allowed: UTF-8 cannot carry it; "
+    "send the character itself or a surrogate pair"
+)
+
+
+def lone_surrogate(text: str) -> bool:
+    """Whether `text` holds a lone surrogate (JSON's "\\ud800" parses to one)."""
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def boolean(value: Any, loc: Loc, problems: Problems) -> bool | None:
@@ -124,7 +144,10 @@ def number(
     if integer and isinstance(value, float) and not value.is_integer():
         problems.add(loc, "expected an integer")
         return None
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:  # an integer beyond the float range: out of any bound here
+        f = math.inf
     if not math.isfinite(f) or f < lo or f > hi or (lo_open and f == lo):
         low = f"greater than {lo:g}" if lo_open else f"at least {lo:g}"
         problems.add(loc, f"expected a number {low} and at most {hi:g}")
@@ -148,6 +171,9 @@ def string_map(
             ok = False
         elif len(v) > max_len or len(k) > 256:
             problems.add((*loc, k), f"expected at most {max_len} characters")
+            ok = False
+        elif lone_surrogate(k) or lone_surrogate(v):
+            problems.add((*loc, k), SURROGATE_MSG)
             ok = False
     return dict(value) if ok else None
 
@@ -186,7 +212,8 @@ def paging(params: Mapping[str, str], problems: Problems) -> tuple[str | None, i
     limit = 50
     raw = params.get("limit")
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= 250:
+        # isdigit() alone admits "²" and other digits int() refuses; 3 digits bound int().
+        if not (raw.isascii() and raw.isdigit() and len(raw) <= 3 and 1 <= int(raw) <= 250):
             problems.add(("query", "limit"), "expected an integer from 1 to 250")
         else:
             limit = int(raw)
@@ -229,6 +256,7 @@ __all__ = [
     "ApiError",
     "Problems",
     "boolean",
+    "lone_surrogate",
     "number",
     "page_json",
     "paging",
