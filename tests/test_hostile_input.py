@@ -377,3 +377,23 @@ async def test_limit_must_be_ascii_digits_from_1_to_250(make_daemon: Any) -> Non
             assert _problem(r) == [["query", "limit"]], (path, bad)
         assert (await d.get(f"{path}?limit=250")).status == 200
     _no_traceback(d)
+
+
+async def test_a_tenant_scoped_key_cannot_change_the_shared_catalog(make_daemon: Any) -> None:
+    d = await _hostile_daemon(make_daemon)
+    listed = await d.get("/v1/event-types", key=SCOPED_KEY)
+    assert listed.status == 200
+    assert "call.completed" in [t["name"] for t in listed.json["data"]]
+    r = await d.post("/v1/event-types", {"name": "acme.only"}, key=SCOPED_KEY)
+    assert _problem(r, 403) == [] and r.json["error"] == "forbidden"
+    created = await d.post("/v1/event-types", {"name": "shared.kind"})
+    assert created.status == 201, created
+    gone = await d.delete("/v1/event-types/shared.kind", key=SCOPED_KEY)
+    assert _problem(gone, 403) == []
+    again = await d.post("/v1/event-types", {"name": "shared.kind"}, key=SCOPED_KEY)
+    assert again.status == 403, again
+    # Still there for every tenant to publish.
+    names = [t["name"] for t in (await d.get("/v1/event-types")).json["data"]]
+    assert "shared.kind" in names and "acme.only" not in names
+    assert (await d.delete("/v1/event-types/shared.kind")).status == 204
+    _no_traceback(d)

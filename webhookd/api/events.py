@@ -328,7 +328,19 @@ async def list_types(request: web.Request) -> web.Response:
     return json_response(page_json([serialize.event_type(t) for t in page], nxt))
 
 
+def _may_change_catalog(request: web.Request) -> None:
+    """The catalog is shared by every tenant: a tenant-scoped key only reads it."""
+    limited = scope(request)
+    if limited is not ANY_TENANT:
+        raise ApiError(
+            403,
+            f"the event-type catalog is shared by every tenant; this API key is limited to "
+            f"tenant {limited!r} and may only read it",
+        )
+
+
 async def create_type(request: web.Request) -> web.Response:
+    _may_change_catalog(request)
     body = require_object(await read_json(request, 65536))
     problems = Problems()
     unknown_fields(body, ("name", "description"), problems)
@@ -347,6 +359,7 @@ async def create_type(request: web.Request) -> web.Response:
 
 
 async def delete_type(request: web.Request) -> web.Response:
+    _may_change_catalog(request)
     await state(request).store.delete_event_type(request.match_info["name"])
     return web.Response(status=204)
 

@@ -475,12 +475,14 @@ def _event_type_paths() -> J:
                 "Create an event type",
                 201,
                 "EventType",
-                (400, 409, 413, 422),
+                (400, 403, 409, 413, 422),
                 body="EventTypeCreate",
             ),
         },
         "/v1/event-types/{name}": {
-            "delete": op("Delete an event type", 204, None, (404, 409), params=[path_param("name")])
+            "delete": op(
+                "Delete an event type", 204, None, (403, 404, 409), params=[path_param("name")]
+            )
         },
     }
 
