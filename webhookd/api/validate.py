@@ -41,24 +41,39 @@ class Problems:
 async def read_json(request: web.Request, limit: int) -> Any:
     """The parsed body, refused with 413 as soon as it is known to exceed `limit` bytes:
     from Content-Length before reading, or while reading a chunked body."""
+    return parse_json(await read_body(request, limit))
+
+
+# A body this large is read into one buffer of its exact size (aiohttp's read() would
+# build it twice and keep a copy on the request until the answer is sent).
+LARGE_BODY_BYTES = 1 << 20
+
+
+async def read_body(request: web.Request, limit: int) -> bytes | bytearray:
+    """The raw body, refused with 413 as soon as it is known to exceed `limit` bytes."""
     length = request.content_length
     if length is not None and length > limit:
         raise ApiError(413, f"the request body is {length} bytes; at most {limit} are accepted")
     # The Content-Type is not checked: the body must parse as JSON whatever it says, which
     # keeps `curl -d '{...}'` (sent as form data) working.
-    if length is not None:
-        # Known and within the limit: one read, without an iterator per request.
-        raw = await request.read()
-    else:
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in request.content.iter_chunked(65536):
-            total += len(chunk)
-            if total > limit:
-                raise ApiError(413, f"the request body exceeds {limit} bytes")
-            chunks.append(chunk)
-        raw = b"".join(chunks)
-    if not raw.strip():
+    if length is not None and length <= LARGE_BODY_BYTES:
+        # Known and small: one read, without an iterator per request.
+        return await request.read()
+    buf = bytearray(length or 0)
+    total = 0
+    async for chunk in request.content.iter_chunked(65536):
+        end = total + len(chunk)
+        if end > limit:
+            raise ApiError(413, f"the request body exceeds {limit} bytes")
+        buf[total:end] = chunk
+        total = end
+    if total < len(buf):
+        del buf[total:]
+    return buf
+
+
+def parse_json(raw: bytes | bytearray) -> Any:
+    if not raw or raw.isspace():  # (strip() would copy a large body)
         raise ApiError(400, "the request body is empty; send a JSON object")
     try:
         return jsonio.loads(raw)
@@ -260,9 +275,11 @@ __all__ = [
     "number",
     "page_json",
     "paging",
+    "parse_json",
     "query",
     "query_bool",
     "query_time",
+    "read_body",
     "read_json",
     "require_object",
     "string",
