@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import Daemon
+from webhookd import jsonio
 
 MAX_BATCH = 16 * 1024 * 1024
 BUDGET = 300 * 1024 * 1024
@@ -131,3 +134,61 @@ async def test_a_large_batch_is_checked_as_a_small_one_is(make_daemon: Any) -> N
     listed = await d.get("/v1/events?limit=250")
     assert len(listed.json["data"]) == 250  # only the first batch was stored
     assert "Traceback" not in d.log_text()
+
+
+# --- the member-by-member walk against the whole parse, on generated documents ----------
+
+json_leaves = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8)
+    | st.just("LONE-SURROGATE")  # becomes "\\ud800", which orjson refuses
+)
+json_values = st.recursive(
+    json_leaves,
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=5), c, max_size=4),
+    max_leaves=10,
+)
+documents = st.dictionaries(
+    st.sampled_from(["events", "x", "é", "events2"]),
+    st.lists(json_values, max_size=5) | json_values,
+    max_size=3,
+)
+
+
+def members_of(doc: dict[str, Any]) -> list[tuple[str, int | None, Any]]:
+    out: list[tuple[str, int | None, Any]] = []
+    for key, value in doc.items():
+        if key == "events" and isinstance(value, list):
+            out += [(key, i, v) for i, v in enumerate(value)]
+        else:
+            out.append((key, None, value))
+    return out
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    doc=documents,
+    indent=st.sampled_from([None, 0, 2]),
+    ascii=st.booleans(),
+    window=st.sampled_from([1, 7, 16384]),
+    cut=st.floats(0, 1),
+)
+def test_iter_members_agrees_with_the_whole_parse(
+    doc: dict[str, Any], indent: int | None, ascii: bool, window: int, cut: float
+) -> None:
+    text = json.dumps(doc, indent=indent, ensure_ascii=ascii)
+    text = text.replace('"LONE-SURROGATE"', '"\\ud800"').encode()
+    first = jsonio._FIRST_WINDOW
+    jsonio._FIRST_WINDOW = window  # small windows: the growing path on every value
+    try:
+        got = list(jsonio.iter_members(bytearray(text), "events", 1 << 20))
+        assert repr(got) == repr(members_of(jsonio.loads(text)))
+        short = text[: int(len(text) * cut)]
+        if short.strip() and short != text:
+            with pytest.raises(jsonio.JSONError):
+                list(jsonio.iter_members(bytearray(short), "events", 1 << 20))
+    finally:
+        jsonio._FIRST_WINDOW = first

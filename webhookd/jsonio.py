@@ -307,7 +307,9 @@ def _value_end(window: memoryview, cut: bool, path: Path) -> int | None:
     try:
         # orjson parses one value and names where the content after it starts.
         orjson.loads(window)
-        return len(window)
+        # The whole window is one value: unless it is the end of the text, the value may
+        # go on past it (a number cut short is still a number).
+        return None if cut else len(window)
     except orjson.JSONDecodeError as exc:
         if exc.msg.startswith("unexpected content after"):
             # A position in the str the error holds: in characters, not bytes.
@@ -319,9 +321,12 @@ def _value_end(window: memoryview, cut: bool, path: Path) -> int | None:
     try:
         _, end = _decoder.raw_decode(text)
     except json.JSONDecodeError as exc:
-        if cut and (exc.pos >= len(text) or exc.msg.startswith("Unterminated string")):
+        # Cut short, a value fails at its end, or in the escape or the string at its end.
+        if cut and (exc.pos >= len(text) - 12 or exc.msg.startswith("Unterminated string")):
             return None
         raise JSONError(f"{exc.msg} at byte {exc.pos} of the value", path) from None
     except RecursionError:
         raise JSONError("nested too deeply", path) from None
+    if cut and end == len(text):
+        return None
     return len(text[:end].encode("utf-8", "surrogateescape"))
