@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from webhookd.retry import next_delay_s, parse_retry_after
+from webhookd.retry import MAX_RETRY_AFTER_S, next_delay_s, parse_retry_after
 
 SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 NOW = 1_700_000_000.0
@@ -247,3 +247,57 @@ def test_any_ascii_header_parses_or_is_ignored(value: str) -> None:
 @given(st.integers(min_value=0, max_value=10**6))
 def test_any_delta_seconds_round_trips(seconds: int) -> None:
     assert parse_retry_after(str(seconds), NOW) == float(seconds)
+
+
+# --- hostile Retry-After values: read as a bounded delay, or ignored, never an exception --
+
+
+def test_thousands_of_digits_are_a_bounded_delay_not_an_error() -> None:
+    # int() refuses more than 4,300 digits; this once crashed the dispatcher's decision.
+    assert parse_retry_after("9" * 5000, NOW) == MAX_RETRY_AFTER_S
+    assert parse_retry_after("1" + "0" * 100_000, NOW) == MAX_RETRY_AFTER_S
+
+
+def test_leading_zeros_do_not_make_a_delay_huge() -> None:
+    assert parse_retry_after("0" * 5000, NOW) == 0.0
+    assert parse_retry_after("0" * 5000 + "30", NOW) == 30.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Fri, 31 Dec 99999999999999999999 23:59:59 GMT",  # OverflowError in the parser
+        "Fri, 99999999999999999999 Dec 2020 23:59:59 GMT",
+        "Fri, 31 Dec 2020 99999999999999999999:59:59 GMT",
+        "Fri, 31 Dec 2020 23:59:59 +99999999999999999999",
+        "Fri, 31 Dec 2020 23:59:59 +9999",  # an offset of more than a day
+        "Fri, 31 Dec " + "9" * 5000 + " 23:59:59 GMT",  # int() refuses the year
+        "Fri, 31 Dec -5 23:59:59 GMT",
+        "Fri, 31 Dec 2020 23:59:59 GMT" + " " * 10_000 + "x",
+    ],
+)
+def test_dates_out_of_range_are_ignored(value: str) -> None:
+    assert parse_retry_after(value, NOW) is None
+
+
+def test_a_date_at_the_end_of_the_calendar_is_a_bounded_delay() -> None:
+    got = parse_retry_after("Fri, 31 Dec 9999 23:59:59 -2359", NOW)
+    assert got is not None
+    assert 0 < got <= MAX_RETRY_AFTER_S
+
+
+@pytest.mark.parametrize("value", ["-5", "-0", "+5", "5.5", "\u0665", "5\x00", "nan", "inf"])
+def test_signed_fractional_and_odd_numbers_are_ignored(value: str) -> None:
+    assert parse_retry_after(value, NOW) is None
+
+
+@given(st.text(max_size=200))
+def test_any_text_parses_or_is_ignored(value: str) -> None:
+    got = parse_retry_after(value, NOW)
+    assert got is None or 0 <= got <= MAX_RETRY_AFTER_S
+
+
+@given(st.integers(min_value=0, max_value=10**4000))
+def test_any_delta_seconds_is_bounded(seconds: int) -> None:
+    expected = MAX_RETRY_AFTER_S if seconds > MAX_RETRY_AFTER_S else float(seconds)
+    assert parse_retry_after(str(seconds), NOW) == expected

@@ -7,6 +7,15 @@ import random
 from collections.abc import Sequence
 from datetime import UTC
 
+# Retry-After is capped at the schedule's longest delay anyway (next_delay_s); this bound
+# only keeps the arithmetic finite.
+MAX_RETRY_AFTER_S = 1e9
+# Ten digits already exceed MAX_RETRY_AFTER_S.
+MAX_DELTA_DIGITS = 10
+# An HTTP date is 29 characters (IMF-fixdate), at most about 40 in the obsolete forms;
+# anything much longer is not a date.
+MAX_DATE_CHARS = 64
+
 
 def next_delay_s(
     schedule_s: Sequence[float],
@@ -35,18 +44,30 @@ def next_delay_s(
 
 
 def parse_retry_after(value: str | None, now_s: float) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None."""
+    """Seconds to wait from a Retry-After header (delta-seconds or HTTP date), or None when
+    it cannot be read. Never raises: the header is the receiver's to write, and an answer
+    that crashed the decision would strand its delivery (see the dispatcher)."""
     if not value:
         return None
     text = value.strip()
     if text.isascii() and text.isdigit():
-        return float(min(int(text), 10**9))
+        # More significant digits than MAX_DELTA_DIGITS is a huge delay, not a number to
+        # convert: int() refuses more than 4,300 digits, and costs time well below that.
+        digits = text.lstrip("0") or "0"
+        if len(digits) > MAX_DELTA_DIGITS:
+            return MAX_RETRY_AFTER_S
+        return float(min(int(digits), MAX_RETRY_AFTER_S))
+    if len(text) > MAX_DATE_CHARS:
+        return None
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are always UTC
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now_s
+    # The standard library's date parser answers out-of-range fields (a year of twenty
+    # digits, a zone offset past a day) with any of these.
+    except (TypeError, ValueError, IndexError, OverflowError, AttributeError):
         return None
-    if when is None:
+    if seconds != seconds:  # NaN cannot come from a date, but a wrong answer must not pass
         return None
-    if when.tzinfo is None:  # "-0000" parses as naive; HTTP dates are always UTC
-        when = when.replace(tzinfo=UTC)
-    return max(when.timestamp() - now_s, 0.0)
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
