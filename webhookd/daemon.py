@@ -188,6 +188,11 @@ class Daemon:
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal, "SIGTERM")
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal, "SIGINT")
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        # A write past the file-size limit (RLIMIT_FSIZE, e.g. LimitFSIZE= in the unit)
+        # must fail with EFBIG, a storage error the daemon rides out, instead of killing
+        # the process. CPython ignores it at startup already; this keeps it so whoever
+        # embeds or starts us.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
     def _on_stop_signal(self, name: str) -> None:
         self._signals += 1

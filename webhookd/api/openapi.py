@@ -257,7 +257,11 @@ SCHEMAS: J = {
     ),
     "Health": obj(
         ["status"],
-        {"status": {"type": "string"}, "problems": {"type": "array", "items": {"type": "string"}}},
+        {
+            "status": {"type": "string"},
+            "problems": {"type": "array", "items": {"type": "string"}},
+            "reason": {"type": "string", "description": "Why storage cannot write"},
+        },
     ),
     "EndpointCreate": obj(
         ["url"], {**ENDPOINT_FIELDS, "secret": {"type": "string", "maxLength": 256}}

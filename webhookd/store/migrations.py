@@ -178,4 +178,12 @@ MIGRATIONS: list[str] = [
     CREATE INDEX deliveries_status ON deliveries(status, seq);
     CREATE INDEX deliveries_delivering ON deliveries(status) WHERE status = 'delivering';
     """,
+    # 4: the one row the readiness check rewrites, to prove that a write reaches the file
+    # (a read, or a transaction that changes nothing, succeeds on a full disk too).
+    """
+    CREATE TABLE write_probe (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        written_at INTEGER NOT NULL
+    );
+    """,
 ]

@@ -8,6 +8,7 @@ after each committed change; deliveries, the backlog, stay on disk.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
@@ -66,6 +67,8 @@ from webhookd.timefmt import now_ms
 # How long a statement waits for another process's lock (a backup, an operator's sqlite3
 # shell) before the write fails and the API answers 503.
 BUSY_TIMEOUT_MS = 5000
+# How long the readiness write may wait for the writer before the check says no.
+PROBE_TIMEOUT_S = 2.0
 # WAL lets the API read while the writer writes; FULL fsyncs the WAL on every commit so an
 # accepted event survives power loss, not just a process crash. The busy timeout is set
 # per store (see SQLiteStore).
@@ -99,6 +102,7 @@ class SQLiteStore:
         self.event_types: dict[str, EventType] = {}
         # Free slots the dispatcher offers to publishing (see store/handoff.py).
         self.offers = Offers()
+        self._probe: asyncio.Task[str | None] | None = None  # the readiness write under way
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -207,13 +211,43 @@ class SQLiteStore:
         ) as cur:
             self.event_types = {r[0]: EventType(*r) for r in await cur.fetchall()}
 
-    async def writable(self) -> bool:
-        """Whether a write transaction can commit now (for readiness)."""
+    async def write_problem(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+        """Why a write cannot commit now, or None when one just did (for readiness).
+
+        A real write: the one row of write_probe rewritten and committed through the
+        writer, like any outcome or publish. (A transaction that changes nothing commits
+        without touching the file, so it proves nothing on a full disk.) Nothing is
+        cached, so storage failing shows at the next check; checks made while a probe is
+        under way share it, so a readiness check every second costs one small commit a
+        second, and a burst of them costs one."""
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.get_running_loop().create_task(
+                self._probe_write(), name="webhookd-write-probe"
+            )
         try:
-            await self._writer().run(lambda c: c.execute("SELECT 1"))
-        except (StorageError, sqlite3.Error):
-            return False
-        return True
+            # Shielded: one caller's timeout must not cancel the write the others share.
+            return await asyncio.wait_for(asyncio.shield(probe), timeout_s)
+        except TimeoutError:
+            return f"storage cannot write: no write committed within {timeout_s:g} s"
+
+    async def _probe_write(self) -> str | None:
+        written_at = now_ms()
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "INSERT OR REPLACE INTO write_probe(id, written_at) VALUES (1, ?)", (written_at,)
+            )
+
+        try:
+            await self._writer().run(job)
+        except (StorageError, sqlite3.Error) as exc:
+            return str(exc)
+        return None
+
+    async def writable(self) -> bool:
+        """Whether a write commits now (see write_problem)."""
+        return await self.write_problem() is None
 
     # --- event types ----------------------------------------------------------------
 
