@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from webhookd import delivery, formats, http1, signing
@@ -48,6 +49,12 @@ log = logging.getLogger("webhookd.dispatcher")
 CLAIM_AHEAD = 3
 # All attempts, open or waiting for their outcome to be written, as a multiple of workers.
 RECORDING_FACTOR = 6
+# An outcome storage refused (a full disk, an I/O error) is written again after this,
+# doubling up to the maximum, and at once when any other write succeeds.
+RECORD_RETRY_FIRST_S = 0.05
+RECORD_RETRY_MAX_S = 1.0
+# Tries of an outcome write that fails for another reason than storage (see _record).
+RECORD_TRIES = 3
 
 
 @dataclass
@@ -144,6 +151,62 @@ def _without_proxy_auth(headers: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in headers.items() if k.lower() != "proxy-authorization"}
 
 
+def _internal_failure(
+    c: Claimed,
+    resp: delivery.Response,
+    fmt: str,
+    started_at: int,
+    what: str,
+    schedule_s: tuple[float, ...],
+) -> Outcome:
+    """A failed attempt of ours: what came back is kept, and the delivery follows the
+    schedule as after any failure, without jitter or Retry-After (they may be what
+    failed). Only plain arithmetic here: this is the answer when deciding raised."""
+    attempt = Attempt(
+        number=c.attempt_count + 1,
+        started_at=started_at,
+        duration_ms=resp.duration_ms,
+        trigger="manual" if c.manual else "scheduled",
+        format=fmt,
+        request_headers=resp.request_headers,
+        status_code=resp.status_code,
+        response_headers=resp.headers,
+        response_body=resp.body,
+        error_kind="internal_error",
+        error_message=what,
+    )
+    if c.manual:
+        if c.resume_at is not None:
+            return _outcome(c, attempt, False, "pending", next_at=c.resume_at)
+        return _outcome(c, attempt, False, "failed")
+    failures = c.failures + 1
+    delay = next_delay_s(schedule_s, failures, 0)
+    if delay is None:
+        return _outcome(c, attempt, False, "failed", failures=failures)
+    next_at = now_ms() + int(delay * 1000)
+    return _outcome(c, attempt, False, "pending", next_at=next_at, failures=failures)
+
+
+def _without_details(o: Outcome) -> Outcome:
+    """The outcome with the attempt's recorded request and response left out, for when
+    storing them failed: what became of the delivery matters more than the details."""
+    a = o.attempt
+    bare = Attempt(
+        number=a.number,
+        started_at=a.started_at,
+        duration_ms=a.duration_ms,
+        trigger=a.trigger,
+        format=a.format,
+        request_headers={},
+        status_code=a.status_code,
+        response_headers={},
+        response_body="",
+        error_kind=a.error_kind,
+        error_message=a.error_message,
+    )
+    return dataclasses.replace(o, attempt=bare)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -169,6 +232,10 @@ class Dispatcher:
         self._stopping = False
         self._attempting = 0
         self._queued = 0
+        # Deliveries whose outcome storage refused, waiting in _write to be written.
+        self._unwritten: set[str] = set()
+        self._written = asyncio.Event()  # replaced after each set: wakes waiting writes
+        self._abandon = False  # stop(): storage had its grace; one last try each
         self.stats = Stats()
 
     # --- control --------------------------------------------------------------------
@@ -233,6 +300,10 @@ class Dispatcher:
             give_back += [t.claimed.delivery_id for t in cut]
             for t in cut:
                 t.task.cancel()
+            # Outcomes still waiting for storage get one more try, then stay `delivering`
+            # on disk, to be requeued at the next start.
+            self._abandon = True
+            self._wake_writers()
             if pending:
                 await asyncio.wait(pending)
         if not give_back:
@@ -266,8 +337,8 @@ class Dispatcher:
         # is free again (batched with other outcomes), bounded so that a slow disk pushes
         # back instead of piling up outcomes in memory.
         free = (1 + CLAIM_AHEAD) * self.config.workers - self._attempting - self._queued
-        if len(self._tasks) >= RECORDING_FACTOR * self.config.workers:
-            free = 0
+        if len(self._tasks) >= RECORDING_FACTOR * self.config.workers or self._unwritten:
+            free = 0  # (while storage refuses outcomes, nothing more is claimed)
         wants: dict[str, int] = {}
         offers: dict[str, int] = {}
         offered = 0
@@ -420,25 +491,16 @@ class Dispatcher:
                 return
             if not ep.active:
                 # Disabled after the claim: skipped like its other pending deliveries.
-                await self.store.release([c.delivery_id], status="skipped")
+                skip = functools.partial(self.store.release, [c.delivery_id], status="skipped")
+                if (err := await self._write(c, skip)) is not None:
+                    log.error(
+                        "could not skip a delivery; it is requeued at startup",
+                        exc_info=err,
+                        extra={"event": "skip_failed", "delivery_id": c.delivery_id},
+                    )
                 return
-            try:
-                resp, fmt, started_at = await self._attempt(c, ep)
-            except Exception as exc:
-                # A bug must not strand the delivery in `delivering`: record it as a failed
-                # attempt so that it follows the retry schedule and shows in the log.
-                log.exception("delivery attempt crashed", extra={"event": "attempt_crashed"})
-                resp = delivery.Response(
-                    status_code=None,
-                    headers={},
-                    body="",
-                    error_kind="internal_error",
-                    error_message=f"webhookd failed to make the request: {type(exc).__name__}",
-                    duration_ms=0,
-                    request_headers={},
-                )
-                fmt, started_at = ep.formats[0], now_ms()
-            outcome = self._decide(c, ep, resp, fmt, started_at)
+            resp, fmt, started_at = await self._attempt_safely(c, ep)
+            outcome = self._decide_safely(c, ep, resp, fmt, started_at)
             if outcome.disable_reason is not None:
                 # Nothing more may go to this endpoint: mark it disabled in memory now, and
                 # keep its slot until the disable is on disk, so no claimed-ahead delivery
@@ -451,13 +513,7 @@ class Dispatcher:
                 self._start_ready(c.endpoint_id)
             else:
                 self._attempt_done(c)
-            try:
-                await self.store.record(outcome)
-            except Exception:
-                log.exception(
-                    "could not record an attempt; the delivery is retried at startup",
-                    extra={"event": "record_failed", "delivery_id": c.delivery_id},
-                )
+            if not await self._record(c, outcome):
                 return
             self._count(outcome)
             if outcome.status == "pending" and outcome.next_attempt_at is not None:
@@ -469,6 +525,134 @@ class Dispatcher:
             self._tasks.pop(c.delivery_id, None)
             # The recording backlog shrank: the loop may claim again.
             self._wake.set()
+
+    async def _attempt_safely(self, c: Claimed, ep: Endpoint) -> tuple[delivery.Response, str, int]:
+        """The HTTP attempt; a bug in making it is a failed attempt (recorded, retried on
+        the schedule, shown in the log), never a delivery stranded in `delivering`."""
+        try:
+            return await self._attempt(c, ep)
+        except Exception as exc:
+            log.exception(
+                "delivery attempt crashed",
+                extra={"event": "attempt_crashed", "delivery_id": c.delivery_id},
+            )
+            resp = delivery.Response(
+                status_code=None,
+                headers={},
+                body="",
+                error_kind="internal_error",
+                error_message=f"webhookd failed to make the request ({type(exc).__name__}).",
+                duration_ms=0,
+                request_headers={},
+            )
+            return resp, ep.formats[0], now_ms()
+
+    def _decide_safely(
+        self, c: Claimed, ep: Endpoint, resp: delivery.Response, fmt: str, started_at: int
+    ) -> Outcome:
+        """The outcome of an attempt; whatever goes wrong in deciding it (a receiver's
+        answer we failed to read, a bug), the attempt is still recorded and the delivery
+        rescheduled on the plain schedule."""
+        try:
+            return self._decide(c, ep, resp, fmt, started_at)
+        except Exception as exc:
+            log.exception(
+                "deciding the outcome of an attempt failed",
+                extra={"event": "decide_crashed", "delivery_id": c.delivery_id},
+            )
+            what = (
+                f"webhookd failed to evaluate the response ({type(exc).__name__}); "
+                "the delivery follows its retry schedule."
+            )
+            return _internal_failure(c, resp, fmt, started_at, what, self.config.retry_schedule_s)
+
+    async def _record(self, c: Claimed, outcome: Outcome) -> bool:
+        """Store the outcome; False if it could not be (the delivery is then put back to
+        `pending`, or requeued at the next start after a shutdown during an outage).
+
+        A failure that is not storage's (a bug, or an attempt whose details SQLite will
+        not take, which fails every outcome batched with it) is tried again alone, then
+        with the attempt's details left out, then the delivery is put back to pending."""
+        for tries in range(RECORD_TRIES):
+            err = await self._write(c, functools.partial(self.store.record, outcome))
+            if err is None:
+                return True
+            if isinstance(err, StorageError):
+                return False  # stopping during an outage: requeued at startup
+            log.error(
+                "could not record an attempt",
+                exc_info=err,
+                extra={"event": "record_failed", "delivery_id": c.delivery_id},
+            )
+            if tries == 0:
+                outcome = _without_details(outcome)
+        put_back = functools.partial(self.store.release, [c.delivery_id])
+        if (err := await self._write(c, put_back)) is not None:
+            log.error(
+                "could not put a delivery back; it is requeued at startup",
+                exc_info=err,
+                extra={"event": "put_back_failed", "delivery_id": c.delivery_id},
+            )
+        else:
+            self.notify(c.endpoint_id, now_ms())
+        return False
+
+    async def _write(self, c: Claimed, write: Callable[[], Awaitable[None]]) -> Exception | None:
+        """Run a write about delivery `c` until storage takes it, and return None; or the
+        exception when it fails for another reason, or when storage still fails on the
+        last try after stop() gave up waiting.
+
+        While storage fails (a full disk, an I/O error) the write waits here with backoff,
+        woken at once when any other write succeeds; the waiting writes are at most one
+        per claimed delivery, and the dispatcher claims nothing meanwhile (_wants)."""
+        delay_s = RECORD_RETRY_FIRST_S
+        try:
+            while True:
+                last = self._abandon
+                try:
+                    await write()
+                except StorageError as exc:
+                    if last:
+                        return exc
+                    self._defer(c, exc)
+                except Exception as exc:
+                    return exc
+                else:
+                    self._wake_writers()
+                    return None
+                waiter = self._written
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(waiter.wait(), delay_s)
+                delay_s = min(delay_s * 2, RECORD_RETRY_MAX_S)
+        finally:
+            self._settled(c)
+
+    def _defer(self, c: Claimed, exc: StorageError) -> None:
+        if c.delivery_id in self._unwritten:
+            return
+        if not self._unwritten:
+            # Once per outage, not per outcome or per try.
+            log.error(
+                "storage cannot write; outcomes are kept and written when it can",
+                extra={"event": "outcomes_deferred", "error": str(exc)},
+            )
+        self._unwritten.add(c.delivery_id)
+
+    def _settled(self, c: Claimed) -> None:
+        if c.delivery_id not in self._unwritten:
+            return
+        self._unwritten.discard(c.delivery_id)
+        if not self._unwritten:
+            log.info(
+                "outcomes held during the outage are settled", extra={"event": "outcomes_settled"}
+            )
+            self._wake.set()  # claiming may resume
+
+    def _wake_writers(self) -> None:
+        """A write succeeded (or stop() gives up): waiting writes try again now."""
+        if self._unwritten or self._abandon:
+            self._written.set()
+            self._written = asyncio.Event()
 
     def _attempt_done(self, c: Claimed) -> None:
         """The request is over (or never happens): free the endpoint slot and the worker."""
