@@ -228,17 +228,20 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     assert offered(store, ep.id) == 3 + 9
     # Something pending but due later: the same.
     st.next_due = now + 60_000
+    d._touch(ep.id)  # state changed by hand: the dispatcher is told
     d._wants(now)
     assert offered(store, ep.id) == 12
     # Due deliveries are waiting: they are claimed first, in order, and nothing is
     # offered to fresh ones.
     st.next_due = now - 1
+    d._touch(ep.id)
     wants, _ = d._wants(now)
     assert wants == {ep.id: 12}
     assert offered(store, ep.id) == 0
     # Requests open and slots in transit count against the room.
     st.next_due = None
     st.in_flight = 2
+    d._touch(ep.id)
     store.offers.replace({ep.id: 1})
     assert store.offers.take(ep.id)  # one in transit
     d._wants(now)
@@ -247,11 +250,13 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     st.in_flight = 0
     store.offers.settle({ep.id: 1})
     d._attempting = 14
+    d._touch(ep.id)
     d._wants(now)
     assert offered(store, ep.id) == 2  # 16 - 14
     # A disabled endpoint offers nothing.
     d._attempting = 0
     store.refresh_endpoint_health(ep.id, active=False)
+    d._touch(ep.id)
     d._wants(now)
     assert offered(store, ep.id) == 0
     # Stopping withdraws the dispatcher as the receiver of hand-overs.

@@ -8,9 +8,17 @@ endpoint's free slots plus its queue's room (CLAIM_AHEAD times its limit), so on
 dead endpoint holds only its own slots and never delays the others.
 Publishing wakes the loop; otherwise it sleeps until the earliest due time.
 
+A wake-up never walks every endpoint: it looks at the endpoints whose state changed since
+the last one (a notify, a claim, a request started or over, new settings), those whose
+time came (a heap of when each endpoint next has something to do, stale entries skipped),
+and as many of the endpoints with deliveries due now as it has free workers for, taken in
+turn. With 50,000 endpoints and one of them busy, a wake-up costs what it costs with one.
+
 An endpoint with free slots and nothing due offers them to publishing (store/handoff.py):
 a delivery published then is inserted already claimed and handed over when its publish
-commits, so its request starts without a claim transaction of its own.
+commits, so its request starts without a claim transaction of its own. Its offer is
+updated whenever its room changes, and all offers together are bounded by the free
+workers at every wake-up.
 """
 
 from __future__ import annotations
@@ -19,10 +27,11 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import heapq
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -66,6 +75,9 @@ class _EndpointState:
     # Claimed ahead, waiting for a free slot: a finished request is followed at once by
     # the next one, without waiting for a claim to commit.
     ready: deque[Claimed] = field(default_factory=deque)
+    # When the loop looks at this endpoint again by itself (its live entry in the
+    # dispatcher's heap); None: only a change brings it back. Other entries are stale.
+    look_at: float | None = None
 
 
 @dataclass
@@ -81,14 +93,18 @@ class Stats:
     delivered: int = 0
     failed_attempts: int = 0
     in_flight: int = 0
+    # Loop wake-ups, and endpoint states looked at by them: the visits per wake-up follow
+    # the endpoints with something to do, not all endpoints.
+    wakeups: int = 0
+    state_visits: int = 0
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def _offer(st: _EndpointState, now: int, room: int, prefetch: int, free: int) -> int:
+def _offer(st: _EndpointState, now: int, room: int, prefetch: int) -> int:
     """Slots an endpoint with nothing due offers to publishing: what is published for it
     now may come straight here, within the free workers (see store/handoff.py)."""
-    if (st.next_due is None or st.next_due > now) and prefetch and room > 0 and free > 0:
-        return min(room, free)
+    if (st.next_due is None or st.next_due > now) and prefetch and room > 0:
+        return room
     return 0
 
 
@@ -223,6 +239,16 @@ class Dispatcher:
         self.rand = rand or random.Random()
         self.on_outcome = on_outcome
         self._states: dict[str, _EndpointState] = {}
+        # Endpoints to file again at the next wake-up: their state, their room or their
+        # settings changed.
+        self._changed: set[str] = set()
+        # Endpoints with deliveries to claim now, in the order they are served: the first
+        # ones go to the back once looked at, so that all are served in turn.
+        self._due: OrderedDict[str, None] = OrderedDict()
+        # (when, endpoint id): endpoints to look at again later (see _EndpointState.look_at).
+        self._later: list[tuple[float, str]] = []
+        # Endpoints holding claimed-ahead deliveries that wait for a worker or a slot.
+        self._holding: set[str] = set()
         self._tasks: dict[str, _Task] = {}
         # endpoint id -> (its proxy, its tls, the Route built from them and delivery.proxy)
         self._routes: dict[str, tuple[str | None, EndpointTLS | None, http1.Route]] = {}
@@ -244,6 +270,7 @@ class Dispatcher:
         due = await self.store.next_due(self.store.endpoints)
         for endpoint_id, at in due.items():
             self._state(endpoint_id).next_due = at
+        self._changed.update(self._states)  # filed once, at the first wake-up
         self._event_loop = asyncio.get_running_loop()
         self.store.offers.receiver = self._handed_over
         self._loop_task = asyncio.create_task(self._run(), name="webhookd-dispatcher")
@@ -256,14 +283,18 @@ class Dispatcher:
         if config.proxy != self.config.proxy:
             self._routes.clear()  # endpoints without their own proxy now use the new one
         self.config = config
+        # The default per-endpoint limit may have changed: every endpoint's room with it.
+        self._changed.update(self._states)
         self._wake.set()
 
     def notify(self, endpoint_id: str, due_ms: int) -> None:
-        """A delivery for this endpoint is pending from `due_ms` on (publish, retry, recover)."""
+        """A delivery for this endpoint is pending from `due_ms` on (publish, retry, recover);
+        also how a change of its settings is told (with 0: look at it again now)."""
         st = self._state(endpoint_id)
         st.notified += 1
         if st.next_due is None or due_ms < st.next_due:
             st.next_due = due_ms
+        self._changed.add(endpoint_id)
         self._wake.set()
 
     def notify_many(self, items: Iterable[tuple[str, int]]) -> None:
@@ -271,10 +302,21 @@ class Dispatcher:
             self.notify(endpoint_id, due)
 
     def forget(self, endpoint_id: str) -> None:
+        """The endpoint was deleted: no more offers or claims for it; its claimed-ahead
+        deliveries (already cancelled by the store) leave the queue; its state goes once
+        its open requests are over."""
         self._routes.pop(endpoint_id, None)
+        self.store.offers.set(endpoint_id, 0)
+        self._due.pop(endpoint_id, None)
         st = self._states.get(endpoint_id)
-        if st is not None and st.in_flight == 0:
+        if st is None:
+            return
+        st.look_at = None
+        if st.ready:
+            self._start_ready(endpoint_id)
+        if st.in_flight == 0:
             del self._states[endpoint_id]
+            self._holding.discard(endpoint_id)
 
     def in_flight_for(self, endpoint_id: str) -> int:
         st = self._states.get(endpoint_id)
@@ -324,6 +366,7 @@ class Dispatcher:
         st = self._states.get(endpoint_id)
         if st is None:
             st = self._states[endpoint_id] = _EndpointState()
+            self._changed.add(endpoint_id)  # filed at the next wake-up
         return st
 
     def _limit(self, ep: Endpoint) -> int:
@@ -331,54 +374,140 @@ class Dispatcher:
             return 1
         return ep.max_in_flight or self.config.max_in_flight_per_endpoint
 
+    def _room(self, ep: Endpoint, st: _EndpointState) -> tuple[int, int, int]:
+        """(room for more claims, how many it may claim ahead, its queue's capacity)."""
+        limit = self._limit(ep)
+        prefetch = 0 if ep.ordered or ep.rate_limit_per_s else CLAIM_AHEAD * limit
+        return limit + prefetch - st.in_flight - len(st.ready), prefetch, max(prefetch, limit)
+
+    def _touch(self, endpoint_id: str) -> None:
+        """This endpoint's state changed: file it again at the next wake-up."""
+        self._changed.add(endpoint_id)
+        self._wake.set()
+
     def _wants(self, now: int) -> tuple[dict[str, int], float | None]:
         """How many deliveries to claim per endpoint now, and when to look again."""
+        self.stats.wakeups += 1
         # A worker is busy while its request is open; writing the outcome happens after it
         # is free again (batched with other outcomes), bounded so that a slow disk pushes
         # back instead of piling up outcomes in memory.
         free = (1 + CLAIM_AHEAD) * self.config.workers - self._attempting - self._queued
         if len(self._tasks) >= RECORDING_FACTOR * self.config.workers or self._unwritten:
             free = 0  # (while storage refuses outcomes, nothing more is claimed)
-        wants: dict[str, int] = {}
-        offers: dict[str, int] = {}
-        offered = 0
-        wake_at: float | None = None
-        endpoints = self.store.endpoints
-        for endpoint_id, st in list(self._states.items()):
-            ep = endpoints.get(endpoint_id)
-            if ep is None or not ep.active:
-                self._idle(endpoint_id, st, ep)
-                continue
-            limit = self._limit(ep)
-            prefetch = 0 if ep.ordered or ep.rate_limit_per_s else CLAIM_AHEAD * limit
-            room = limit + prefetch - st.in_flight - len(st.ready)
-            offer = _offer(st, now, room, prefetch, free - offered)
-            if offer:
-                offers[endpoint_id] = offer
-                offered += offer
-            due = _claim_due(ep, st, room, max(prefetch, limit))
-            if due is None:
-                continue
-            if due > now:
-                wake_at = due if wake_at is None else min(wake_at, due)
-                continue
-            wants[endpoint_id] = min(room, 1) if ep.rate_limit_per_s else room
-        self.store.offers.replace(offers)
+        self._come_due(now)
+        changed, self._changed = self._changed, set()
+        for endpoint_id in changed:
+            self._file(endpoint_id, now)
+        self.store.offers.budget(max(free, 0))
         if free <= 0:
             return {}, None
+        wants = self._take_due(now, free)
         if sum(wants.values()) > free:
             wants = self._share(wants, free)
-        return wants, wake_at
+        return wants, self._next_look()
+
+    def _come_due(self, now: int) -> None:
+        """Endpoints whose time came (a delivery or the rate limit's next slot) are filed
+        again, like changed ones."""
+        later = self._later
+        while later and later[0][0] <= now:
+            at, endpoint_id = heapq.heappop(later)
+            st = self._states.get(endpoint_id)
+            if st is not None and st.look_at == at:
+                st.look_at = None
+                self._changed.add(endpoint_id)
+
+    def _next_look(self) -> float | None:
+        """When the loop must look again by itself: the earliest live entry of the heap."""
+        later = self._later
+        while later:
+            at, endpoint_id = later[0]
+            st = self._states.get(endpoint_id)
+            if st is not None and st.look_at == at:
+                return at
+            heapq.heappop(later)
+        return None
+
+    def _file(self, endpoint_id: str, now: int) -> None:
+        """File one endpoint after a change: its offer to publishing, and whether it has
+        deliveries to claim now (the due set), later (the heap) or not until a change."""
+        st = self._states.get(endpoint_id)
+        if st is None:
+            self.store.offers.set(endpoint_id, 0)
+            self._due.pop(endpoint_id, None)
+            return
+        self.stats.state_visits += 1
+        ep = self.store.endpoints.get(endpoint_id)
+        if ep is None or not ep.active:
+            self.store.offers.set(endpoint_id, 0)
+            self._due.pop(endpoint_id, None)
+            st.look_at = None
+            self._idle(endpoint_id, st, ep)
+            return
+        room, prefetch, queue_cap = self._room(ep, st)
+        offer = _offer(st, now, room, prefetch)
+        self.store.offers.set(endpoint_id, offer)
+        at = _claim_due(ep, st, room, queue_cap)
+        if at is not None and at <= now:
+            self._due.setdefault(endpoint_id)  # a due endpoint keeps its turn
+            st.look_at = None
+            return
+        self._due.pop(endpoint_id, None)
+        if offer and st.next_due is not None:
+            # Its pending deliveries come due then: the offer is withdrawn, so that they
+            # go before fresh ones.
+            at = st.next_due if at is None else min(at, st.next_due)
+        self._look_at(endpoint_id, st, at)
+
+    def _look_at(self, endpoint_id: str, st: _EndpointState, at: float | None) -> None:
+        if at == st.look_at:
+            return
+        st.look_at = at
+        if at is None:
+            return
+        later = self._later
+        heapq.heappush(later, (at, endpoint_id))
+        if len(later) > 2 * len(self._states) + 64:
+            # Mostly stale entries (an endpoint's time moved often): keep the live ones.
+            self._later = [(s.look_at, e) for e, s in self._states.items() if s.look_at is not None]
+            heapq.heapify(self._later)
+
+    def _take_due(self, now: int, free: int) -> dict[str, int]:
+        """What the due endpoints want, taken in turn from where the last wake-up stopped
+        until every free worker has an endpoint: with more due endpoints than free
+        workers, a wake-up looks at only as many as it can serve."""
+        wants: dict[str, int] = {}
+        due = self._due
+        endpoints = self.store.endpoints
+        for _ in range(len(due)):
+            if len(wants) >= free:
+                break
+            endpoint_id, _ = due.popitem(last=False)
+            st = self._states.get(endpoint_id)
+            ep = endpoints.get(endpoint_id)
+            if st is None or ep is None or not ep.active:
+                self._file(endpoint_id, now)
+                continue
+            self.stats.state_visits += 1
+            room, _, queue_cap = self._room(ep, st)
+            at = _claim_due(ep, st, room, queue_cap)
+            if at is None or at > now:
+                self._file(endpoint_id, now)
+                continue
+            due[endpoint_id] = None  # to the back: the next wake-up starts with others
+            wants[endpoint_id] = min(room, 1) if ep.rate_limit_per_s else room
+        return wants
 
     def _idle(self, endpoint_id: str, st: _EndpointState, ep: Endpoint | None) -> None:
         """An endpoint that takes no deliveries: forget a deleted one once its requests are
-        over; give back a disabled one's claimed-ahead deliveries (they are skipped)."""
-        if ep is None:
-            if st.in_flight == 0:
-                del self._states[endpoint_id]
-                self._routes.pop(endpoint_id, None)
-        elif st.ready:
+        over; give back its or a disabled one's claimed-ahead deliveries (they are
+        cancelled or skipped)."""
+        if st.ready:
             self._start_ready(endpoint_id)
+        elif ep is None and st.in_flight == 0:
+            del self._states[endpoint_id]
+            self._routes.pop(endpoint_id, None)
+            self._holding.discard(endpoint_id)
 
     def _share(self, wants: dict[str, int], free: int) -> dict[str, int]:
         """Spread the free workers over the due endpoints, one at a time round robin."""
@@ -435,6 +564,9 @@ class Dispatcher:
                 # A notify arrived while the claim ran: its delivery may not have been
                 # visible to the claim, so keep what it said as well.
                 st.next_due = due
+        # Each endpoint asked got deliveries, a new due time, or both: file it again.
+        self._changed.update(seen)
+        self._changed.update(next_due)
         touched: set[str] = set()
         for c in claimed:
             ep = self.store.endpoints.get(c.endpoint_id)
@@ -462,7 +594,12 @@ class Dispatcher:
         """Start claimed deliveries of this endpoint while it and the pool have room; all of
         them at once if it is disabled or deleted, since they are only given back then."""
         st = self._states.get(endpoint_id)
-        if st is None or not st.ready:
+        if st is None:
+            return
+        # Called whenever its queue or its open requests change: its room changed.
+        self._touch(endpoint_id)
+        if not st.ready:
+            self._holding.discard(endpoint_id)
             return
         ep = self.store.endpoints.get(endpoint_id)
         give_back = ep is None or not ep.active
@@ -479,6 +616,10 @@ class Dispatcher:
             loop = self._event_loop or asyncio.get_running_loop()
             task = loop.create_task(self._deliver(c))
             self._tasks[c.delivery_id] = _Task(claimed=c, task=task)
+        if st.ready:
+            self._holding.add(endpoint_id)
+        else:
+            self._holding.discard(endpoint_id)
         self.stats.in_flight = self._attempting
 
     # --- one delivery -----------------------------------------------------------------
@@ -665,10 +806,12 @@ class Dispatcher:
         self.stats.in_flight = self._attempting
         self._start_ready(c.endpoint_id)
         if self._attempting < self.config.workers and self._queued:
-            # Other endpoints may have been waiting for a worker.
-            for endpoint_id, st in list(self._states.items()):
-                if st.ready and self._attempting < self.config.workers:
-                    self._start_ready(endpoint_id)
+            # Other endpoints may have been waiting for a worker: only those holding
+            # claimed deliveries, not every endpoint.
+            for endpoint_id in list(self._holding):
+                if self._attempting >= self.config.workers:
+                    break
+                self._start_ready(endpoint_id)
         self._wake.set()
 
     def _route(self, ep: Endpoint) -> http1.Route:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ssl
 import tempfile
 from typing import Any
@@ -11,7 +13,7 @@ from yarl import URL
 
 from webhookd import jsonio, netguard, signing
 from webhookd.api import serialize
-from webhookd.api.context import ANY_TENANT, scope, state, tenant_filter
+from webhookd.api.context import ANY_TENANT, State, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
     HEADER_NAME_RE,
@@ -539,11 +541,42 @@ def _loads_cert_chain(ctx: ssl.SSLContext, cert: str, key: str) -> bool:
     return True
 
 
+CAP_KEY = "limits.max_endpoints_per_tenant"
+
+
+def _cap_lock(st: State) -> contextlib.AbstractAsyncContextManager[Any]:
+    """Held from counting a tenant's endpoints to adding one, so that two requests at
+    once cannot both take its last place; nothing to hold without a cap."""
+    if st.config.limits.max_endpoints_per_tenant is None:
+        return contextlib.nullcontext()
+    lock: asyncio.Lock = st.extra.setdefault("endpoint_cap_lock", asyncio.Lock())
+    return lock
+
+
+async def _check_tenant_cap(st: State, tenant: str | None) -> None:
+    """422 if `tenant` (no tenant counts as one too) has all the endpoints the cap allows."""
+    cap = st.config.limits.max_endpoints_per_tenant
+    if cap is None:
+        return
+    # Through the store's per-tenant index: at most `cap` rows, however many endpoints.
+    page = await st.store.list_endpoints(tenant=tenant, cursor=None, limit=cap)
+    if len(page.data) < cap:
+        return
+    who = f"tenant {tenant!r}" if tenant is not None else "the endpoints without a tenant"
+    msg = (
+        f"{who} already has {cap} endpoints, the most {CAP_KEY} allows; "
+        "delete one or raise the limit"
+    )
+    raise ApiError(422, msg, detail=[{"loc": ["body", "tenant"], "msg": msg}])
+
+
 async def create(request: web.Request) -> web.Response:
     body = require_object(await read_json(request, BODY_LIMIT))
     fields = validate_fields(body, request, creating=True, current=None)
     st = state(request)
-    ep = await st.store.create_endpoint(fields)
+    async with _cap_lock(st):
+        await _check_tenant_cap(st, fields.get("tenant"))
+        ep = await st.store.create_endpoint(fields)
     return json_response(serialize.endpoint(ep, st.config, with_secret=True), 201)
 
 
@@ -581,8 +614,13 @@ async def patch(request: web.Request) -> web.Response:
     body = require_object(await read_json(request, BODY_LIMIT))
     fields = validate_fields(body, request, creating=False, current=ep)
     st = state(request)
-    updated = await st.store.update_endpoint(ep.id, fields) if fields else ep
-    if st.dispatcher is not None and updated.active:
+    async with _cap_lock(st):
+        if "tenant" in fields and fields["tenant"] != ep.tenant:
+            await _check_tenant_cap(st, fields["tenant"])
+        updated = await st.store.update_endpoint(ep.id, fields) if fields else ep
+    if st.dispatcher is not None:
+        # Disabled too: the dispatcher looks at changed endpoints only, and a disabled
+        # one gives back what it claimed ahead.
         st.dispatcher.notify(updated.id, 0)
     return json_response(serialize.endpoint(updated, st.config))
 

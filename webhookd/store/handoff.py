@@ -9,6 +9,10 @@ endpoint's due deliveries as `delivering` in the publish transaction itself and 
 them over once it commits. A crash in between is safe for the same reason as after a
 claim: deliveries left `delivering` are requeued at startup.
 
+The dispatcher keeps the offers up to date one endpoint at a time (`set`, whenever that
+endpoint's room changes) and bounds them all together by its free workers (`budget`,
+at every wake-up), so that its work does not grow with the number of endpoints.
+
 The offers are set on the event loop and taken in the database thread, so they live
 behind a lock. A taken slot is "in transit" until the publish transaction is over: on
 commit the claimed deliveries reach the dispatcher, on rollback nothing does; either way
@@ -30,9 +34,27 @@ class Offers:
         self._lock = threading.Lock()
         self._open: dict[str, int] = {}
         self._in_transit: dict[str, int] = {}
+        self._transit_total = 0
+        # Slots that may still be taken across all endpoints; None: no bound.
+        self._free: int | None = None
         self.receiver: Receiver | None = None
 
     # --- the event loop's side --------------------------------------------------------
+
+    def set(self, endpoint_id: str, room: int) -> None:
+        """Offer this endpoint's free room less what is already in transit (0: none)."""
+        with self._lock:
+            n = room - self._in_transit.get(endpoint_id, 0)
+            if n > 0:
+                self._open[endpoint_id] = n
+            else:
+                self._open.pop(endpoint_id, None)
+
+    def budget(self, free: int | None) -> None:
+        """At most `free` slots, less those in transit, may be taken over all endpoints
+        together until the next call (None: no bound but each endpoint's own)."""
+        with self._lock:
+            self._free = None if free is None else free - self._transit_total
 
     def replace(self, room: Mapping[str, int]) -> None:
         """Offer, per endpoint, its free room less what is already in transit; every
@@ -61,6 +83,7 @@ class Offers:
         with self._lock:
             for endpoint_id, n in counts.items():
                 left = self._in_transit.get(endpoint_id, 0) - n
+                self._transit_total -= min(n, self._in_transit.get(endpoint_id, 0))
                 if left > 0:
                     self._in_transit[endpoint_id] = left
                 else:
@@ -70,12 +93,21 @@ class Offers:
 
     def take(self, endpoint_id: str) -> bool:
         """One offered slot of this endpoint, if there is one (then it is in transit)."""
-        if not self._open:
+        # Read without the lock: at worst a slot freed this instant is not used. A publish
+        # to thousands of endpoints asks once per delivery; past the budget, cheaply.
+        free = self._free
+        if not self._open or (free is not None and free <= 0):
             return False
         with self._lock:
             n = self._open.get(endpoint_id, 0)
-            if n <= 0 or self.receiver is None:
+            if n <= 0 or self.receiver is None or (self._free is not None and self._free <= 0):
                 return False
-            self._open[endpoint_id] = n - 1
+            if n > 1:
+                self._open[endpoint_id] = n - 1
+            else:
+                del self._open[endpoint_id]
+            if self._free is not None:
+                self._free -= 1
             self._in_transit[endpoint_id] = self._in_transit.get(endpoint_id, 0) + 1
+            self._transit_total += 1
             return True
