@@ -25,6 +25,7 @@ from webhookd.store.models import NewEvent
 from webhookd.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
+pytest_plugins = ["tests.pg"]
 
 
 # --- a store on a real file, without a daemon ---------------------------------------------

@@ -1,0 +1,5 @@
+"""The PostgreSQL backend: the store several daemons share (see schema.py, migrate.py).
+
+Imported only when the configured database is a postgresql:// URI, so that a SQLite-only
+installation never loads psycopg.
+"""
