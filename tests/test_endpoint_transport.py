@@ -365,7 +365,7 @@ async def test_a_version_1_database_gains_the_columns(tmp_path: Path) -> None:
     store = SQLiteStore(str(path))
     await store.open()
     try:
-        old = store.get_endpoint("ep_old")
+        old = await store.get_endpoint("ep_old")
         assert (old.proxy, old.tls) == (None, None)
         changed = await store.update_endpoint(
             "ep_old", {"proxy": "http://h:1", "tls": {"client_cert": CERT, "client_key": KEY}}

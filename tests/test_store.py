@@ -40,7 +40,7 @@ async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
     await s.close()
     s2 = SQLiteStore(path)
     await s2.open()
-    assert ep.id in s2.endpoints
+    assert s2.endpoint(ep.id) == ep
     await s2.close()
 
 
@@ -305,9 +305,11 @@ async def test_a_rotated_secret_signs_until_its_grace_ends_by_the_clock(
         rotated = await store.rotate_secret(ep.id, "whsec_new", grace_s=600)
         assert rotated.signing_secrets(now_ms()) == ["whsec_new", "whsec_old"]
         clock.advance(599)
-        assert store.get_endpoint(ep.id).signing_secrets(now_ms()) == ["whsec_new", "whsec_old"]
+        current = await store.get_endpoint(ep.id)
+        assert current.signing_secrets(now_ms()) == ["whsec_new", "whsec_old"]
         clock.advance(2)
-        assert store.get_endpoint(ep.id).signing_secrets(now_ms()) == ["whsec_new"]
+        current = await store.get_endpoint(ep.id)
+        assert current.signing_secrets(now_ms()) == ["whsec_new"]
         # A later rotation drops the expired secret for good.
         again = await store.rotate_secret(ep.id, "whsec_newer", grace_s=0)
     assert [p.secret for p in again.previous_secrets] == []

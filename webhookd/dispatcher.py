@@ -156,6 +156,7 @@ def _outcome(
         format_index=c.format_index if format_index is None else format_index,
         success=success,
         disable_reason=disable,
+        lease=c.lease,
     )
 
 
@@ -267,7 +268,7 @@ class Dispatcher:
     # --- control --------------------------------------------------------------------
 
     async def start(self) -> None:
-        due = await self.store.next_due(self.store.endpoints)
+        due = await self.store.next_due(e.id for e in self.store.endpoints())
         for endpoint_id, at in due.items():
             self._state(endpoint_id).next_due = at
         self._changed.update(self._states)  # filed once, at the first wake-up
@@ -331,7 +332,7 @@ class Dispatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._loop_task
         # Claimed ahead but never started.
-        give_back = [c.delivery_id for st in self._states.values() for c in st.ready]
+        give_back = [c for st in self._states.values() for c in st.ready]
         for st in self._states.values():
             st.ready.clear()
         self._queued = 0
@@ -339,7 +340,7 @@ class Dispatcher:
         if tasks:
             _, pending = await asyncio.wait(tasks, timeout=grace_s)
             cut = [t for t in self._tasks.values() if t.task in pending and t.attempting]
-            give_back += [t.claimed.delivery_id for t in cut]
+            give_back += [t.claimed for t in cut]
             for t in cut:
                 t.task.cancel()
             # Outcomes still waiting for storage get one more try, then stay `delivering`
@@ -437,7 +438,7 @@ class Dispatcher:
             self._due.pop(endpoint_id, None)
             return
         self.stats.state_visits += 1
-        ep = self.store.endpoints.get(endpoint_id)
+        ep = self.store.endpoint(endpoint_id)
         if ep is None or not ep.active:
             self.store.offers.set(endpoint_id, 0)
             self._due.pop(endpoint_id, None)
@@ -478,13 +479,12 @@ class Dispatcher:
         workers, a wake-up looks at only as many as it can serve."""
         wants: dict[str, int] = {}
         due = self._due
-        endpoints = self.store.endpoints
         for _ in range(len(due)):
             if len(wants) >= free:
                 break
             endpoint_id, _ = due.popitem(last=False)
             st = self._states.get(endpoint_id)
-            ep = endpoints.get(endpoint_id)
+            ep = self.store.endpoint(endpoint_id)
             if st is None or ep is None or not ep.active:
                 self._file(endpoint_id, now)
                 continue
@@ -569,7 +569,7 @@ class Dispatcher:
         self._changed.update(next_due)
         touched: set[str] = set()
         for c in claimed:
-            ep = self.store.endpoints.get(c.endpoint_id)
+            ep = self.store.endpoint(c.endpoint_id)
             st = self._state(c.endpoint_id)
             if ep is not None and ep.rate_limit_per_s:
                 st.next_send = max(float(now), st.next_send) + 1000.0 / ep.rate_limit_per_s
@@ -601,7 +601,7 @@ class Dispatcher:
         if not st.ready:
             self._holding.discard(endpoint_id)
             return
-        ep = self.store.endpoints.get(endpoint_id)
+        ep = self.store.endpoint(endpoint_id)
         give_back = ep is None or not ep.active
         limit = self._limit(ep) if ep is not None else 1
         while st.ready and (
@@ -626,13 +626,13 @@ class Dispatcher:
 
     async def _deliver(self, c: Claimed) -> None:
         try:
-            ep = self.store.endpoints.get(c.endpoint_id)
+            ep = self.store.endpoint(c.endpoint_id)
             if ep is None:
                 # Deleted after the claim: the store already cancelled the delivery.
                 return
             if not ep.active:
                 # Disabled after the claim: skipped like its other pending deliveries.
-                skip = functools.partial(self.store.release, [c.delivery_id], status="skipped")
+                skip = functools.partial(self.store.release, [c], status="skipped")
                 if (err := await self._write(c, skip)) is not None:
                     log.error(
                         "could not skip a delivery; it is requeued at startup",
@@ -646,9 +646,7 @@ class Dispatcher:
                 # Nothing more may go to this endpoint: mark it disabled in memory now, and
                 # keep its slot until the disable is on disk, so no claimed-ahead delivery
                 # starts in between.
-                self.store.refresh_endpoint_health(
-                    c.endpoint_id, active=False, disabled_reason=outcome.disable_reason
-                )
+                self.store.disable_in_view(c.endpoint_id, outcome.disable_reason)
                 # Its deliveries claimed ahead are given back as skipped, queued right
                 # behind this outcome: the same transaction, or the next.
                 self._start_ready(c.endpoint_id)
@@ -727,7 +725,7 @@ class Dispatcher:
             )
             if tries == 0:
                 outcome = _without_details(outcome)
-        put_back = functools.partial(self.store.release, [c.delivery_id])
+        put_back = functools.partial(self.store.release, [c])
         if (err := await self._write(c, put_back)) is not None:
             log.error(
                 "could not put a delivery back; it is requeued at startup",
@@ -884,7 +882,7 @@ class Dispatcher:
         # The endpoint as it is now, not as it was when the request started: another
         # attempt or an operator may have disabled it meanwhile. A disabled endpoint is
         # not disabled twice, and its failed delivery is skipped instead of rescheduled.
-        current = self.store.endpoints.get(c.endpoint_id)
+        current = self.store.endpoint(c.endpoint_id)
         disabled = current is not None and not current.active
         if resp.ok:
             return made("delivered", disable="gone" if gone and not disabled else None)

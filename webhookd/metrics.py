@@ -161,7 +161,7 @@ class Metrics:
         pending, oldest = await store.backlog(now_ms())
         self.pending.set(pending)
         self.oldest_due.set(oldest / 1000 if oldest else 0)
-        endpoints = list(store.endpoints.values())
+        endpoints = list(store.endpoints())
         self.endpoints.set(len(endpoints))
         self.disabled.set(sum(1 for e in endpoints if not e.active))
         self.in_flight.set(state.dispatcher.stats.in_flight if state.dispatcher else 0)

@@ -226,8 +226,7 @@ class OpEvents:
     def _new_events(self, p: _Pending) -> list[NewEvent]:
         """One event, fanned out by the store, if any endpoint of the tenant subscribes."""
         if not any(
-            ep.tenant == p.tenant and wants(ep.events, p.type)
-            for ep in list(self.store.endpoints.values())
+            ep.tenant == p.tenant and wants(ep.events, p.type) for ep in self.store.endpoints()
         ):
             return []
         return [

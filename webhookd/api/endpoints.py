@@ -580,19 +580,18 @@ async def create(request: web.Request) -> web.Response:
     return json_response(serialize.endpoint(ep, st.config, with_secret=True), 201)
 
 
-def visible(request: web.Request) -> Endpoint:
+async def visible(request: web.Request) -> Endpoint:
     """The endpoint of the path, or 404 if it does not exist or belongs to another tenant."""
     endpoint_id = request.match_info["endpoint_id"]
-    store = state(request).store
-    ep = store.endpoints.get(endpoint_id)
+    ep = await state(request).store.get_endpoint(endpoint_id)
     limited = scope(request)
-    if ep is None or (limited is not ANY_TENANT and ep.tenant != limited):
+    if limited is not ANY_TENANT and ep.tenant != limited:
         raise NotFound(f"no endpoint with id {endpoint_id}")
     return ep
 
 
 async def get(request: web.Request) -> web.Response:
-    return json_response(serialize.endpoint(visible(request), state(request).config))
+    return json_response(serialize.endpoint(await visible(request), state(request).config))
 
 
 async def list_(request: web.Request) -> web.Response:
@@ -610,7 +609,7 @@ async def list_(request: web.Request) -> web.Response:
 
 
 async def patch(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     body = require_object(await read_json(request, BODY_LIMIT))
     fields = validate_fields(body, request, creating=False, current=ep)
     st = state(request)
@@ -626,7 +625,7 @@ async def patch(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     st = state(request)
     await st.store.delete_endpoint(ep.id)
     if st.dispatcher is not None:
@@ -635,7 +634,7 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def get_secret(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     now = now_ms()
     return json_response(
         {
@@ -653,7 +652,7 @@ MAX_GRACE_S = 7 * 86400
 
 
 async def rotate_secret(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     body = await read_json(request, BODY_LIMIT) if request.can_read_body else {}
     body = require_object(body)
     problems = Problems()
@@ -671,7 +670,7 @@ async def rotate_secret(request: web.Request) -> web.Response:
 
 
 async def send_test(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     st = state(request)
     body = require_object(await read_json(request, BODY_LIMIT) if request.can_read_body else {})
     problems = Problems()
@@ -714,7 +713,7 @@ async def send_test(request: web.Request) -> web.Response:
 
 
 async def recover(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     st = state(request)
     body = require_object(await read_json(request, BODY_LIMIT))
     problems = Problems()
@@ -737,7 +736,7 @@ async def recover(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    ep = visible(request)
+    ep = await visible(request)
     st = state(request)
     now = now_ms()
     data = await st.store.endpoint_stats(ep.id, now - 86400 * 1000)

@@ -420,7 +420,8 @@ async def list_types(request: web.Request) -> web.Response:
         except ValueError as exc:
             problems.add(("query", "cursor"), str(exc))
     problems.raise_if_any()
-    types = [t for t in state(request).store.list_event_types() if after is None or t.name > after]
+    catalog = await state(request).store.list_event_types()
+    types = [t for t in catalog if after is None or t.name > after]
     page, more = types[:limit], len(types) > limit
     nxt = encode_name_cursor(page[-1].name) if more else None
     return json_response(page_json([serialize.event_type(t) for t in page], nxt))

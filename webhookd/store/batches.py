@@ -376,7 +376,7 @@ def endpoint_health(
                 "UPDATE endpoints SET failing_since=COALESCE(failing_since, ?) WHERE id=?",
                 (o.attempt.started_at, endpoint_id),
             )
-            ep = store.endpoints.get(endpoint_id)
+            ep = store._endpoints.get(endpoint_id)
             if ep is not None and ep.failing_since is None:
                 _refresh_later(store, endpoint_id, failing_since=o.attempt.started_at)
     for endpoint_id, reason in disable.items():

@@ -180,6 +180,10 @@ class Claimed:
     manual: bool
     resume_at: int | None
     had_failures: bool
+    # A shared backend's fencing token for this claim (None on SQLite): the outcome and a
+    # release carry it back, so a daemon that lost its claim cannot overwrite the next
+    # owner's result.
+    lease: str | None = None
 
 
 @dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
@@ -195,6 +199,7 @@ class Outcome:
     format_index: int
     success: bool
     disable_reason: str | None = None  # disable the endpoint at once ("gone")
+    lease: str | None = None  # the claim's (Claimed.lease)
 
 
 @dataclass(frozen=True)

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import sqlite3
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 import orjson
@@ -29,6 +30,7 @@ from webhookd.store.batches import (
     record_merged,
 )
 from webhookd.store.handoff import Offers
+from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
@@ -61,7 +63,7 @@ from webhookd.store.rows import (
     endpoint_from_row,
     window,
 )
-from webhookd.store.writer import Writer
+from webhookd.store.writer import COMMIT_BUCKETS, Writer
 from webhookd.timefmt import now_ms
 
 # How long a statement waits for another process's lock (a backup, an operator's sqlite3
@@ -78,6 +80,9 @@ _PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA temp_store=MEMORY",
 )
+
+if TYPE_CHECKING:
+    from webhookd.store.interface import Store
 
 __all__ = [
     "BadCursor",
@@ -98,11 +103,14 @@ class SQLiteStore:
         self.busy_timeout_ms = busy_timeout_ms
         self._r: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
-        self.endpoints: dict[str, Endpoint] = {}
-        self.event_types: dict[str, EventType] = {}
+        self._endpoints: dict[str, Endpoint] = {}
+        self._event_types: dict[str, EventType] = {}
         # Free slots the dispatcher offers to publishing (see store/handoff.py).
         self.offers = Offers()
         self._probe: asyncio.Task[str | None] | None = None  # the readiness write under way
+        self._listener: DueListener | None = None
+        self._member = Member.this_process()
+        self._in_flight: Callable[[], int] = lambda: 0
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -205,11 +213,11 @@ class SQLiteStore:
         async with self._read.execute(
             f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL"
         ) as cur:
-            self.endpoints = {r[0]: endpoint_from_row(r) for r in await cur.fetchall()}
+            self._endpoints = {r[0]: endpoint_from_row(r) for r in await cur.fetchall()}
         async with self._read.execute(
             "SELECT name, description, source, created_at FROM event_types"
         ) as cur:
-            self.event_types = {r[0]: EventType(*r) for r in await cur.fetchall()}
+            self._event_types = {r[0]: EventType(*r) for r in await cur.fetchall()}
 
     async def write_problem(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         """Why a write cannot commit now, or None when one just did (for readiness).
@@ -270,7 +278,7 @@ class SQLiteStore:
         await self._load_caches()
 
     def has_event_type(self, name: str) -> bool:
-        return name in self.event_types
+        return name in self._event_types
 
     async def create_event_type(self, name: str, description: str) -> EventType:
         et = EventType(name=name, description=description, source="api", created_at=now_ms())
@@ -286,11 +294,11 @@ class SQLiteStore:
                 raise Conflict(f"event type {name} already exists") from None
 
         await self._writer().run(job)
-        self.event_types[name] = et
+        self._event_types[name] = et
         return et
 
     async def delete_event_type(self, name: str) -> None:
-        et = self.event_types.get(name)
+        et = self._event_types.get(name)
         if et is None:
             raise NotFound(f"no event type named {name}")
         if et.source == "builtin":
@@ -302,10 +310,10 @@ class SQLiteStore:
             conn.execute("DELETE FROM event_types WHERE name=?", (name,))
 
         await self._writer().run(job)
-        self.event_types.pop(name, None)
+        self._event_types.pop(name, None)
 
-    def list_event_types(self) -> list[EventType]:
-        return sorted(self.event_types.values(), key=lambda e: e.name)
+    async def list_event_types(self) -> list[EventType]:
+        return sorted(self._event_types.values(), key=lambda e: e.name)
 
     # --- endpoints ------------------------------------------------------------------
 
@@ -321,7 +329,7 @@ class SQLiteStore:
             return self._fetch_endpoint(conn, cols["id"])
 
         ep: Endpoint = await self._writer().run(job)
-        self.endpoints[ep.id] = ep
+        self._endpoints[ep.id] = ep
         return ep
 
     def _fetch_endpoint(self, conn: sqlite3.Connection, endpoint_id: str) -> Endpoint:
@@ -333,8 +341,15 @@ class SQLiteStore:
             raise NotFound(f"no endpoint with id {endpoint_id}")
         return endpoint_from_row(row)
 
-    def get_endpoint(self, endpoint_id: str) -> Endpoint:
-        ep = self.endpoints.get(endpoint_id)
+    def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        return self._endpoints.get(endpoint_id)
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    async def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        # One daemon owns this database: its view is what is stored.
+        ep = self._endpoints.get(endpoint_id)
         if ep is None:
             raise NotFound(f"no endpoint with id {endpoint_id}")
         return ep
@@ -370,7 +385,7 @@ class SQLiteStore:
             return self._fetch_endpoint(conn, endpoint_id)
 
         ep: Endpoint = await self._writer().run(job)
-        self.endpoints[ep.id] = ep
+        self._endpoints[ep.id] = ep
         return ep
 
     def _skip_pending(self, conn: sqlite3.Connection, endpoint_id: str, now: int) -> None:
@@ -398,7 +413,7 @@ class SQLiteStore:
             )
 
         await self._writer().run(job)
-        self.endpoints.pop(endpoint_id, None)
+        self._endpoints.pop(endpoint_id, None)
 
     async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
         now = now_ms()
@@ -419,7 +434,7 @@ class SQLiteStore:
             return self._fetch_endpoint(conn, endpoint_id)
 
         ep: Endpoint = await self._writer().run(job)
-        self.endpoints[ep.id] = ep
+        self._endpoints[ep.id] = ep
         return ep
 
     async def recover(self, endpoint_id: str, since: int, until: int | None) -> int:
@@ -483,7 +498,7 @@ class SQLiteStore:
             row = await cur.fetchone()
         pending = int(row[0]) if row else 0
         # Per endpoint through the claim index: O(endpoints), not O(backlog).
-        active = [e.id for e in list(self.endpoints.values()) if e.active]
+        active = [e.id for e in list(self._endpoints.values()) if e.active]
         due = [d for d in (await self.next_due(active)).values() if d is not None and d <= now]
         oldest = min(due) if due else None
         return pending, (now - oldest) if oldest is not None else None
@@ -501,12 +516,12 @@ class SQLiteStore:
 
     def _fan_out(self, ev: NewEvent) -> list[Endpoint]:
         if ev.only_endpoint is not None:
-            ep = self.endpoints.get(ev.only_endpoint)
+            ep = self._endpoints.get(ev.only_endpoint)
             return [ep] if ep else []
         return [
             ep
             # A snapshot: this runs in the database thread while the loop may add endpoints.
-            for ep in list(self.endpoints.values())
+            for ep in list(self._endpoints.values())
             if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
         ]
 
@@ -641,7 +656,7 @@ class SQLiteStore:
             if row is None:
                 raise NotFound(f"no delivery with id {delivery_id}")
             status, endpoint_id = row
-            ep = self.endpoints.get(endpoint_id)
+            ep = self._endpoints.get(endpoint_id)
             if ep is None:
                 raise Conflict("the endpoint of this delivery was deleted; it cannot be retried")
             if not ep.active:
@@ -683,11 +698,12 @@ class SQLiteStore:
         count: int = await self._writer().run(job)
         return count
 
-    async def release(self, delivery_ids: Sequence[str], status: str = "pending") -> None:
+    async def release(self, claimed: Sequence[Claimed], status: str = "pending") -> None:
         """Give claimed deliveries back unattempted: `pending` (shutdown), due at once,
         or `skipped` (their endpoint was disabled meanwhile)."""
-        if not delivery_ids:
+        if not claimed:
             return
+        delivery_ids = [c.delivery_id for c in claimed]
         assert status in ("pending", "skipped")
         now = now_ms()
 
@@ -735,7 +751,7 @@ class SQLiteStore:
     def _claim_job(
         self, conn: sqlite3.Connection, wants: Mapping[str, int], now: int
     ) -> tuple[list[Claimed], dict[str, int | None]]:
-        ordered = {e for e in wants if (ep := self.endpoints.get(e)) is not None and ep.ordered}
+        ordered = {e for e in wants if (ep := self._endpoints.get(e)) is not None and ep.ordered}
         parts: list[str] = []
         args: list[Any] = []
         for endpoint_id, n in wants.items():
@@ -763,12 +779,46 @@ class SQLiteStore:
         await self._writer().run_merged(record_merged, (self, outcome))
 
     def refresh_endpoint_health(self, endpoint_id: str, **changes: Any) -> None:
-        ep = self.endpoints.get(endpoint_id)
+        ep = self._endpoints.get(endpoint_id)
         if ep is None:
             return
-        from dataclasses import replace
+        self._endpoints[endpoint_id] = dataclasses.replace(ep, **changes)
 
-        self.endpoints[endpoint_id] = replace(ep, **changes)
+    def disable_in_view(self, endpoint_id: str, reason: str) -> None:
+        self.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)
+
+    # --- the subscription -------------------------------------------------------------
+
+    def subscribe(self, listener: DueListener) -> None:
+        self._listener = listener
+        self.offers.receiver = listener.handed_over
+
+    def unsubscribe(self, listener: DueListener) -> None:
+        self.offers.close(listener.handed_over)
+        if self._listener is listener:
+            self._listener = None
+
+    def offer(self, endpoint_id: str, room: int) -> None:
+        self.offers.set(endpoint_id, room)
+
+    def offer_budget(self, free: int | None) -> None:
+        self.offers.budget(free)
+
+    # --- the daemon -------------------------------------------------------------------
+
+    def join(self, member: Member, in_flight: Callable[[], int]) -> None:
+        self._member = member
+        self._in_flight = in_flight
+
+    async def cluster(self) -> list[DaemonInfo]:
+        # One daemon per SQLite file: this one, alive as it answers.
+        return [DaemonInfo(self._member, now_ms(), self._in_flight())]
+
+    def write_stats(self) -> WriteStats | None:
+        w = self.writer
+        if w is None:
+            return None
+        return WriteStats(w.commits, w.busy_s, w.commit_s, COMMIT_BUCKETS, tuple(w.commit_counts))
 
     # --- helpers --------------------------------------------------------------------
 
@@ -885,3 +935,9 @@ def _restrict_files(path: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         with contextlib.suppress(FileNotFoundError):
             os.chmod(path + suffix, 0o600)
+
+
+if TYPE_CHECKING:
+
+    def _is_a_store(store: SQLiteStore) -> Store:  # mypy checks that SQLiteStore is a Store
+        return store
