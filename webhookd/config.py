@@ -115,6 +115,25 @@ class Config:
     def listen_address(self) -> ListenAddress:
         return parse_listen(self.listen)
 
+    @property
+    def database_shown(self) -> str:
+        """`database` fit for a log line: a PostgreSQL password in it is hidden."""
+        return redact_dsn(self.database)
+
+
+# A password in a libpq URI (user:password@) or key/value string or URI query
+# (password=...), for redact_dsn.
+_DSN_PASSWORDS = (
+    re.compile(r"(?<=://)([^/@:?#]*):[^/?#]*@"),
+    re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&]*)", re.IGNORECASE),
+)
+
+
+def redact_dsn(dsn: str) -> str:
+    """`dsn` with any password replaced by ***."""
+    text = _DSN_PASSWORDS[0].sub(r"\1:***@", dsn)
+    return _DSN_PASSWORDS[1].sub(r"\1***", text)
+
 
 @dataclass(frozen=True)
 class ListenAddress:
@@ -523,7 +542,7 @@ def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> 
     # Keyword arguments are evaluated in order: problems are listed in the file's order.
     config = Config(
         listen=top.get("listen", d.listen, _listen_value, "host:port or unix:/path"),
-        database=top.get("database", d.database, _nonempty_string, "a file path"),
+        database=_read_database(top, env, d.database),
         api_keys=_read_api_keys(top, env, problems),
         event_types=_read_event_types(top, problems),
         delivery=_read_section(top, "delivery", d.delivery, _read_delivery),
@@ -543,6 +562,25 @@ def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> 
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _read_database(top: _Reader, environ: Mapping[str, str], default: str) -> str:
+    """`database` (a SQLite file, or a postgresql:// URI), or the value of the environment
+    variable `database_env` names (so that a password need not sit in the YAML)."""
+    database = top.get(
+        "database", "", _nonempty_string, "a file path or a postgresql:// URI", secret=True
+    )
+    name = top.get("database_env", "", _nonempty_string, "an environment variable name")
+    if database and name:
+        top.problems.append("database_env: give one of database or database_env")
+        return default
+    if name:
+        value = environ.get(name, "")
+        if not value:
+            top.problems.append(f"database_env: environment variable {name} is not set")
+            return default
+        return value
+    return database or default
 
 
 def _listen_value(raw: Any) -> str:
