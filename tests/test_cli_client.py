@@ -174,9 +174,12 @@ async def test_endpoint_create_list_show_update_delete(daemon: Daemon, receiver:
 
     new_url = receiver.url + "/moved"
     updated = await ok_json(
-        daemon, "endpoints", "update", ep_id, "--target-url", new_url, "--rate-limit", "none"
+        daemon, "endpoints", "update", ep_id, "--target", new_url, "--rate-limit", "none"
     )
     assert updated["url"] == new_url and updated["rate_limit_per_s"] is None
+    # The old name of --target still works, for scripts written against it.
+    updated = await ok_json(daemon, "endpoints", "update", ep_id, "--target-url", receiver.url)
+    assert updated["url"] == receiver.url
 
     assert (await ok(daemon, "endpoints", "delete", ep_id)).strip() == f"deleted endpoint {ep_id}"
     err = await fails(daemon, "endpoints", "show", ep_id)
@@ -333,18 +336,54 @@ async def test_api_errors_are_one_line_and_exit_1(daemon: Daemon) -> None:
     assert err.startswith("webhookd: 422 validation_error: url: ")
     err = await fails(daemon, "events", "publish", "no.such.type")
     assert err.startswith("webhookd: 422 validation_error: type: ") and "no.such.type" in err
+    assert "did you mean" not in err
+    err = await fails(daemon, "events", "publish", "call.complted")
+    assert err.endswith("; did you mean call.completed for call.complted?"), err
+    err = await fails(
+        daemon, "endpoints", "create", "http://127.0.0.1:9/x", "--events", "invoice.pay"
+    )
+    assert err.endswith("; did you mean invoice.paid for invoice.pay?"), err
     err = await fails(daemon, "events", "list", "--limit", "999")
     assert err.startswith("webhookd: 422 validation_error: limit: ")
 
 
-async def test_unreachable_daemon_is_one_line() -> None:
+REFUSED_HINT = (
+    "(is webhookd running there? start it with `webhookd serve`, or give its address with "
+    "--url or WEBHOOKD_URL)"
+)
+
+
+async def test_unreachable_daemon_is_one_line_that_says_what_to_do() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     code, out, err = await cli("endpoints", "list", env={"WEBHOOKD_URL": url})
     assert (code, out) == (1, "")
-    assert err == f"webhookd: cannot reach {url}: connection refused\n"
+    assert err == f"webhookd: cannot reach {url}: connection refused {REFUSED_HINT}\n"
     code, _, err = await cli("events", "list", "--url", f"127.0.0.1:{port}")
-    assert code == 1 and err == f"webhookd: cannot reach {url}: connection refused\n"
+    assert code == 1
+    assert err == f"webhookd: cannot reach {url}: connection refused {REFUSED_HINT}\n"
+
+
+async def test_https_against_the_plain_http_api_says_so(daemon: Daemon) -> None:
+    tls_url = daemon.base.replace("http://", "https://")
+    code, out, err = await cli("endpoints", "list", "--url", tls_url)
+    assert (code, out) == (1, "")
+    assert err == f"webhookd: the API at {tls_url} speaks plain http; use {daemon.base}\n"
+
+
+def test_an_unknown_host_is_named_with_what_to_check() -> None:
+    import socket as s
+
+    from webhookd.client.api import describe
+    from webhookd.client.core import Address, _unreachable
+
+    where = Address("http://no-such-host:8080", "http://no-such-host:8080")
+    err = _unreachable(where, s.gaierror(s.EAI_NONAME, "Name or service not known"))
+    assert err.code == "unknown_host" and err.status is None
+    assert describe(err) == (
+        "cannot reach http://no-such-host:8080: unknown host no-such-host (Name or service "
+        "not known) (check the host name in --url or WEBHOOKD_URL)"
+    )
 
 
 async def test_an_answer_that_is_not_json_is_one_line(receiver: Receiver) -> None:
@@ -353,7 +392,7 @@ async def test_an_answer_that_is_not_json_is_one_line(receiver: Receiver) -> Non
     assert (code, out) == (1, "")
     assert err == (
         f"webhookd: {base} answered 200 with something that is not JSON; "
-        "is --url the webhookd API?\n"
+        "is that the webhookd API?\n"
     )
 
 
@@ -368,6 +407,15 @@ async def test_bad_usage_exits_2(daemon: Daemon) -> None:
     await fails(daemon, "endpoints", "recover", "ep_x", code=2)
     err = await fails(daemon, "endpoints", "update", "ep_x", code=2)
     assert err == "webhookd: nothing to update; give at least one option (see --help)"
+    # --url is the daemon's address; the endpoint's URL comes first, and the error says so.
+    err = await fails(
+        daemon, "endpoints", "create", "--url", daemon.base, "--events", "call.completed", code=2
+    )
+    assert "give the endpoint's URL first" in err and "--url is the address" in err
+    code, out, err = await cli("endpoints", "lst", env=env_of(daemon))
+    assert (code, out) == (2, "") and "did you mean list" in err
+    code, out, err = await cli("deliveris", "list", env=env_of(daemon))
+    assert (code, out) == (2, "") and "did you mean deliveries" in err
 
 
 async def test_api_key_from_env_and_flag(make_daemon: MakeDaemon) -> None:
@@ -447,3 +495,20 @@ async def test_endpoint_stats_and_recover(daemon: Daemon, receiver: Receiver) ->
     stats = await ok_json(daemon, "endpoints", "stats", ep["id"])
     assert stats["counts"]["delivered"] == 1 and stats["counts"]["failed"] == 0
     assert stats["last_success_at"] is not None
+
+
+async def test_a_long_error_reason_is_shown_in_full(make_daemon: MakeDaemon) -> None:
+    # No loopback exemption: a name resolving to 127.0.0.1 is refused at connect time,
+    # with a reason longer than the DETAIL column.
+    d = await make_daemon({"security": {"allow_networks": []}})
+    await d.endpoint("http://localhost:9/hook")
+    published = await d.publish("call.completed", {"n": 1})
+    [delivery] = (await d.get(f"/v1/deliveries?event_id={published['id']}")).json["data"]
+    shown = await d.wait_status(delivery["id"], "failed")
+    reason = shown["attempts"][0]["error_message"]
+    assert len(reason) > 60 and "security.allow_networks" in reason
+    out = await ok(d, "deliveries", "show", delivery["id"])
+    table, full = out.split("attempts:\n")[1].split("\n\nerrors in full:\n")
+    assert rows(table)[1][4] == "blocked_address"
+    assert full.splitlines()[0] == f"#1: {reason}"
+    assert len(full.splitlines()) == len(shown["attempts"])

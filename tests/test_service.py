@@ -144,7 +144,7 @@ async def _healthcheck(*args: str) -> tuple[int, str]:
 async def test_healthcheck_command(make_daemon: Any) -> None:
     d: Daemon = await make_daemon()
     code, out = await _healthcheck("--url", d.base)
-    assert code == 0, out
+    assert (code, out) == (0, "ready\n")
     await d.stop()
     code, out = await _healthcheck("--url", d.base)
     assert code == 1
@@ -292,6 +292,8 @@ async def test_readyz_and_publish_answer_503_while_storage_cannot_write(
         r = await d.get("/readyz")
         assert r.status == 503, r
         assert "storage cannot write" in r.json["problems"]
+        code, out = await _healthcheck("--url", d.base)
+        assert code == 1 and out.startswith("webhookd: not ready: storage cannot write"), out
         r = await d.post("/v1/events", {"type": "call.completed", "payload": {}})
         assert r.status == 503, r
         assert r.json["error"] == "unavailable"

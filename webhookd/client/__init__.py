@@ -1,12 +1,15 @@
-"""The operator commands that talk to a running daemon over its API.
+"""The client of the management API, and the command-line commands built on it.
 
-`webhookd endpoints|events|deliveries|event-types …` and `webhookd healthcheck`: the
-package owns their arguments, the HTTP calls (one aiohttp session per command, TCP or a
-unix socket), the readable tables and key/value views, `--json` output for scripts, and
-the rule that every failure is one line on stderr: API and connection errors exit 1, bad
-usage exits 2.
+`webhookd.AsyncClient` and `webhookd.Client` (client/core.py, client/sync.py) are the
+public, typed client: publish, manage endpoints, read and retry deliveries, with retries of
+503/429 answers and one exception type, `WebhookdError`. The commands `webhookd
+endpoints|events|deliveries|event-types|trigger …` and `webhookd healthcheck` use it: this
+package owns their arguments, the readable tables and key/value views, `--json` output for
+scripts, and the rule that every failure is one line on stderr: API and connection errors
+exit 1, bad usage exits 2.
 """
 
 from webhookd.client.commands import add_client_commands, add_healthcheck
+from webhookd.client.trigger import add_trigger
 
-__all__ = ["add_client_commands", "add_healthcheck"]
+__all__ = ["add_client_commands", "add_healthcheck", "add_trigger"]

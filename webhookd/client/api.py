@@ -1,26 +1,23 @@
-"""Talking to a running daemon: where it is, one aiohttp session per command, errors as
-one line, and running a command to its exit code."""
+"""The command line's side of the client: an AsyncClient made from `--url`/`--api-key`,
+failures as one line with a hint for the command line, and running a command to its exit
+code."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import difflib
 import json
 import os
 import re
-import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from webhookd import __version__
+from webhookd.client.core import DEFAULT_URL, AsyncClient, WebhookdError
 
-if TYPE_CHECKING:
-    import aiohttp
+__all__ = ["DEFAULT_URL"]
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-TIMEOUT_S = 60
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -30,9 +27,15 @@ EXIT_INTERRUPTED = 130
 DELIVERY_STATES = ("pending", "delivering", "delivered", "failed", "skipped", "cancelled")
 RELATIVE_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# What to do about a daemon that cannot be reached, in the command line's words.
+HINTS = {
+    "connection_refused": "is webhookd running there? start it with `webhookd serve`, or "
+    "give its address with --url or WEBHOOKD_URL",
+    "unknown_host": "check the host name in --url or WEBHOOKD_URL",
+}
 
-
-Action = Callable[["Api", argparse.Namespace], Awaitable[Any]]
+Api = AsyncClient
+Action = Callable[[AsyncClient, argparse.Namespace], Awaitable[Any]]
 Render = Callable[[Any, argparse.Namespace], str]
 
 
@@ -44,154 +47,59 @@ class UsageError(ClientError):
     """A command line that cannot be sent; exit code 2, like argparse's own errors."""
 
 
-# --- talking to the API -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """Where the API is: `shown` in messages, `base` for request URLs."""
-
-    shown: str
-    base: str
-    unix_path: str | None
-    api_key: str | None
-
-
-def target(args: argparse.Namespace) -> Target:
-    """The API address and key: flags first, then WEBHOOKD_URL / WEBHOOKD_API_KEY."""
-    raw = getattr(args, "url", None) or os.environ.get("WEBHOOKD_URL") or DEFAULT_URL
-    key = getattr(args, "api_key", None) or os.environ.get("WEBHOOKD_API_KEY") or None
-    raw = raw.strip().rstrip("/")
-    if raw.startswith("unix:"):
-        return Target(raw, "http://localhost", raw[len("unix:") :], key)
-    if "://" not in raw:
-        raw = f"http://{raw}"
-    if not raw.startswith(("http://", "https://")):
-        raise UsageError(f"--url: expected http(s)://host:port or unix:/path, got {raw!r}")
-    return Target(raw, raw, None, key)
-
-
-def _reason(err: OSError) -> str:
-    if isinstance(err, socket.gaierror):
-        return f"host name not found ({err.strerror})"
-    if err.errno:
-        return os.strerror(err.errno).lower()
-    return str(err) or type(err).__name__
-
-
-def _one_line(text: str, limit: int = 300) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
-
-
-def api_error(status: int, raw: bytes, retry_after: str | None) -> str:
-    """One line for an error answer: `404 not_found: no endpoint with id ep_x`."""
+def client_for(args: argparse.Namespace, **options: Any) -> AsyncClient:
+    """The client of `--url`/`--api-key`, falling back on WEBHOOKD_URL / WEBHOOKD_API_KEY."""
     try:
-        doc = json.loads(raw)
-    except ValueError:
-        doc = None
-    if not isinstance(doc, dict) or "error" not in doc:
-        text = raw.decode("utf-8", errors="replace").strip()
-        return _one_line(f"{status} from the server: {text}" if text else f"HTTP {status}")
-    message = str(doc.get("message", ""))
-    line = f"{status} {doc['error']}: {message}"
-    detail = doc.get("detail")
-    if isinstance(detail, list) and detail and isinstance(detail[0], dict):
-        loc = [str(p) for p in detail[0].get("loc", [])]
-        if loc and ".".join(loc[1:]) not in message:
-            line += f" (at {'.'.join(loc)})"
-    if retry_after:
-        line += f" (retry after {retry_after} s)"
-    return _one_line(line)
+        url, key = getattr(args, "url", None), getattr(args, "api_key", None)
+        return AsyncClient(url, api_key=key, **options)
+    except ValueError as exc:
+        raise UsageError(f"--url: {exc}") from None
 
 
-def _query(params: Mapping[str, Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for key, value in params.items():
-        if value is None:
-            continue
-        out[key] = str(value).lower() if isinstance(value, bool) else str(value)
-    return out
+def describe(exc: WebhookdError) -> str:
+    """The one line the command line prints for a failure."""
+    hint = HINTS.get(exc.code)
+    return f"{exc.message} ({hint})" if hint else str(exc)
 
 
-class Api:
-    """JSON calls to the daemon; errors come out as ClientError with one line."""
-
-    def __init__(self, where: Target, session: aiohttp.ClientSession) -> None:
-        self._where = where
-        self._session = session
-
-    async def call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-    ) -> Any:
-        import aiohttp
-
-        headers = {"Accept": "application/json", "User-Agent": f"webhookd-cli/{__version__}"}
-        if self._where.api_key:
-            headers["Authorization"] = f"Bearer {self._where.api_key}"
-        data = None
-        if body is not None:
-            data = json.dumps(body, ensure_ascii=False).encode()
-            headers["Content-Type"] = "application/json"
-        url = self._where.base + path
-        try:
-            async with self._session.request(
-                method, url, params=_query(params or {}), data=data, headers=headers
-            ) as resp:
-                raw = await resp.read()
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
-        except aiohttp.ClientConnectorError as exc:
-            raise ClientError(
-                f"cannot reach {self._where.shown}: {_reason(exc.os_error)}"
-            ) from None
-        except TimeoutError:
-            raise ClientError(f"{self._where.shown} did not answer within {TIMEOUT_S} s") from None
-        except aiohttp.ClientError as exc:
-            reason = str(exc) or type(exc).__name__
-            raise ClientError(f"cannot talk to {self._where.shown}: {reason}") from None
-        if status >= 400:
-            raise ClientError(api_error(status, raw, retry_after))
-        return self._parse(status, raw)
-
-    def _parse(self, status: int, raw: bytes) -> Any:
-        if not raw.strip():
-            return None
-        try:
-            return json.loads(raw)
-        except ValueError:
-            raise ClientError(
-                f"{self._where.shown} answered {status} with something that is not JSON; "
-                "is --url the webhookd API?"
-            ) from None
-
-
-async def _with_api(action: Action, args: argparse.Namespace) -> Any:
-    import aiohttp
-
-    where = target(args)
-    connector: aiohttp.BaseConnector = (
-        aiohttp.UnixConnector(path=where.unix_path) if where.unix_path else aiohttp.TCPConnector()
-    )
-    timeout = aiohttp.ClientTimeout(total=TIMEOUT_S)
-    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        return await action(Api(where, session), args)
-
-
-async def pages(api: Api, path: str, params: dict[str, Any], every: bool) -> Any:
+async def pages(api: AsyncClient, path: str, params: dict[str, Any], every: bool) -> Any:
     """One page as the API gave it, or (every=True) all pages merged as {"data": [...]}."""
-    page = await api.call("GET", path, params=params)
+    page = await api.request("GET", path, params=params)
     if not every:
         return page
     data = list(page["data"])
     while page.get("next_cursor"):
-        page = await api.call("GET", path, params={**params, "cursor": page["next_cursor"]})
+        page = await api.request("GET", path, params={**params, "cursor": page["next_cursor"]})
         data.extend(page["data"])
     return {"data": data}
+
+
+# --- did you mean -------------------------------------------------------------------------
+
+
+def _named_types(args: argparse.Namespace) -> list[str]:
+    """The event-type names a command line gave (a publish's type, --event-type, --events)."""
+    names = [getattr(args, "type", None), getattr(args, "event_type", None)]
+    names.extend(getattr(args, "events", None) or [])
+    return [n for n in names if isinstance(n, str) and n and "*" not in n]
+
+
+async def type_hint(api: AsyncClient, exc: WebhookdError, args: argparse.Namespace) -> str:
+    """`did you mean order.created?` for an unknown event type in a 422, or ""."""
+    if exc.status != 422 or "event type" not in exc.message:
+        return ""
+    try:
+        catalog = [t["name"] for t in await api.list_event_types()]
+    except WebhookdError:
+        return ""
+    hints = []
+    for name in _named_types(args):
+        if name in catalog:
+            continue
+        close = difflib.get_close_matches(name, catalog, n=3, cutoff=0.8)
+        if close:
+            hints.append(f"{' or '.join(close)} for {name}")
+    return f"did you mean {', '.join(hints)}?" if hints else ""
 
 
 # --- running a command --------------------------------------------------------------------
@@ -204,6 +112,15 @@ def emit(text: str, stream: Any = None) -> None:
     except BrokenPipeError:
         # The reader (`| head`) went away; say nothing more and exit quietly.
         os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
+
+
+async def _with_api(action: Action, args: argparse.Namespace) -> Any:
+    async with client_for(args) as api:
+        try:
+            return await action(api, args)
+        except WebhookdError as exc:
+            hint = await type_hint(api, exc, args)
+            raise ClientError(f"{describe(exc)}; {hint}" if hint else describe(exc)) from None
 
 
 def run_command(action: Action, render: Render, args: argparse.Namespace) -> int:

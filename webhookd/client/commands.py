@@ -4,6 +4,7 @@ and `webhookd healthcheck`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -14,10 +15,13 @@ from webhookd.client.api import (
     DEFAULT_URL,
     DELIVERY_STATES,
     EXIT_ERROR,
+    EXIT_OK,
     Action,
     Api,
     Render,
     UsageError,
+    client_for,
+    describe,
     emit,
     pages,
     run_command,
@@ -35,6 +39,7 @@ from webhookd.client.args import (
     optional_number,
     text_file,
 )
+from webhookd.client.core import WebhookdError
 from webhookd.client.views import (
     DELIVERY_COLUMNS,
     ENDPOINT_COLUMNS,
@@ -82,7 +87,7 @@ def call_action(
 
     async def action(api: Api, args: argparse.Namespace) -> Any:
         payload = body(args) if body is not None else None
-        return await api.call(method, _path(template, args), body=payload)
+        return await api.request(method, _path(template, args), body=payload)
 
     return action
 
@@ -122,6 +127,15 @@ def endpoint_body(args: argparse.Namespace) -> dict[str, Any]:
     elif getattr(args, "no_tls", False):
         body["tls"] = None
     return body
+
+
+def create_body(args: argparse.Namespace) -> dict[str, Any]:
+    if not args.target_url:
+        raise UsageError(
+            "endpoints create: give the endpoint's URL first, as in `webhookd endpoints create "
+            "https://example.com/webhooks` (--url is the address of the webhookd daemon)"
+        )
+    return endpoint_body(args)
 
 
 def update_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -222,11 +236,15 @@ def _paging(p: argparse.ArgumentParser) -> None:
 
 def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
     if creating:
-        p.add_argument("target_url", metavar="URL", help="where deliveries are POSTed")
+        # Optional for argparse so that a missing URL gets a message that tells it apart
+        # from --url, the daemon's address (see endpoint_body).
+        p.add_argument("target_url", metavar="URL", nargs="?", help="where deliveries are POSTed")
         p.add_argument("--secret", help="signing secret (default: a generated whsec_ secret)")
     else:
         p.add_argument("id", help="endpoint id (ep_…)")
-        p.add_argument("--target-url", metavar="URL", help="a new URL to deliver to")
+        p.add_argument("--target", dest="target_url", metavar="URL", help="a new URL to deliver to")
+        # The old name, kept working for scripts.
+        p.add_argument("--target-url", dest="target_url", help=argparse.SUPPRESS)
         p.add_argument("--active", type=flag_bool, metavar="true|false", help="enable or disable")
     p.add_argument("--events", type=comma_list, metavar="A,B", help="types or patterns (call.*)")
     p.add_argument("--tenant", help="the customer account the endpoint belongs to")
@@ -318,7 +336,7 @@ def _add_endpoints(sub: Subparsers[argparse.ArgumentParser], co: argparse.Argume
         "create",
         "create an endpoint (prints its secret)",
         co,
-        call_action("POST", "/v1/endpoints", endpoint_body),
+        call_action("POST", "/v1/endpoints", create_body),
         render_endpoint,
     )
     _endpoint_options(p, creating=True)
@@ -536,17 +554,35 @@ def _health_target(args: argparse.Namespace) -> None:
         )
 
 
-async def _readyz(api: Api, args: argparse.Namespace) -> Any:
-    return await api.call("GET", "/readyz")
+async def _readiness(args: argparse.Namespace) -> str | None:
+    """None when the daemon is ready, else why not (one line)."""
+    # One attempt: a 503 is the answer here, not something to wait out.
+    async with client_for(args, max_attempts=1, timeout_s=10) as api:
+        try:
+            await api.request("GET", "/readyz")
+        except WebhookdError as exc:
+            body = exc.body if isinstance(exc.body, dict) else {}
+            problems = [str(p) for p in body.get("problems", [])]
+            if exc.status == 503 and problems:
+                reason = f" ({body['reason']})" if body.get("reason") else ""
+                return "not ready: " + ", ".join(problems) + reason
+            return describe(exc)
+    return None
 
 
 def cmd_healthcheck(args: argparse.Namespace) -> int:
+    """`ready` and exit 0, or the reason on stderr and exit 1."""
     try:
         _health_target(args)
+        problem = asyncio.run(_readiness(args))
     except UsageError as exc:
         emit(f"webhookd: {exc}", sys.stderr)
         return EXIT_ERROR
-    return run_command(_readyz, lambda doc, _a: f"ready: {doc.get('status', 'ready')}", args)
+    if problem is not None:
+        emit(f"webhookd: {problem}", sys.stderr)
+        return EXIT_ERROR
+    emit("ready")
+    return EXIT_OK
 
 
 def add_healthcheck(sub: Subparsers[argparse.ArgumentParser]) -> None:

@@ -163,8 +163,21 @@ def render_event(doc: Any, _args: argparse.Namespace) -> str:
 
 
 def render_delivery(doc: Any, _args: argparse.Namespace) -> str:
-    attempts = table(doc.get("attempts", []), ATTEMPT_COLUMNS, "  (no attempts yet)")
-    return f"{keyvalues(doc, skip=('attempts',))}\n\nattempts:\n{attempts}"
+    attempts = doc.get("attempts", [])
+    shown = table(attempts, ATTEMPT_COLUMNS, "  (no attempts yet)")
+    return f"{keyvalues(doc, skip=('attempts',))}\n\nattempts:\n{shown}{errors_in_full(attempts)}"
+
+
+def errors_in_full(attempts: Sequence[dict[str, Any]]) -> str:
+    """The error messages the DETAIL column had to cut, whole, below the table: a reason
+    cut short is a reason that cannot be acted on."""
+    width = next(w for name, _, w in ATTEMPT_COLUMNS if name == "DETAIL")
+    cut = [
+        f"#{a.get('number')}: {cell(a['error_message'])}"
+        for a in attempts
+        if a.get("error_message") and len(cell(a["error_message"])) > width
+    ]
+    return "\n\nerrors in full:\n" + "\n".join(cut) if cut else ""
 
 
 def render_secret(doc: Any, _args: argparse.Namespace) -> str:
