@@ -25,7 +25,7 @@ from webhookd.store.models import NewEvent
 from webhookd.store.sqlite import SQLiteStore
 
 ROOT = Path(__file__).resolve().parent.parent
-pytest_plugins = ["tests.pg"]
+pytest_plugins = ["tests.pg"]  # the backends: SQLite, and a throwaway PostgreSQL
 
 
 # --- a store on a real file, without a daemon ---------------------------------------------
@@ -50,8 +50,10 @@ def new_event(
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SQLiteStore]:
-    s = SQLiteStore(str(tmp_path / "t.db"))
+async def store(database: str, backend: str) -> AsyncIterator[SQLiteStore]:
+    from tests.pg import new_store
+
+    s = new_store(backend, database)
     await s.open()
     await s.sync_event_types([])
     try:
@@ -367,13 +369,15 @@ class Daemon:
 
 
 @pytest.fixture
-async def make_daemon(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Daemon]]]:
+async def make_daemon(
+    tmp_path: Path, database: str
+) -> AsyncIterator[Callable[..., Awaitable[Daemon]]]:
     made: list[Daemon] = []
 
     async def make(
         config: dict[str, Any] | None = None, *, start: bool = True, **kw: Any
     ) -> Daemon:
-        d = Daemon(tmp_path, config or {}, **kw)
+        d = Daemon(tmp_path, {"database": database, **(config or {})}, **kw)
         made.append(d)
         if start:
             await d.start()

@@ -1,0 +1,472 @@
+"""The PostgreSQL store: the Store interface on a database several daemons share.
+
+A pool of autocommit connections (webhookd/store/postgres/db.py): a statement that is
+its own transaction runs as is, a change of several statements runs in `transaction()`.
+Every read the API makes of what a caller asked for goes to the database, so any daemon
+answers with what is committed. The endpoints and the event-type catalog are also kept in
+memory (this daemon's view, for the publish fan-out and the dispatcher's hot path):
+loaded at open, updated after each change this daemon commits, and reloaded when another
+daemon's change is announced on LISTEN (webhookd/store/postgres/notices.py).
+
+Claims, outcomes and the daemons table live in webhookd/store/postgres/single.py until
+claims.py and cluster.py replace it (see PLUG-IN POINT there and below).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from webhookd.config import EventTypeDecl
+from webhookd.matching import subscribed
+from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
+from webhookd.store.models import (
+    Attempt,
+    Claimed,
+    Conflict,
+    Delivery,
+    Endpoint,
+    Event,
+    EventType,
+    NewEvent,
+    NotFound,
+    Outcome,
+    Page,
+    PublishResult,
+    StorageError,
+)
+from webhookd.store.postgres import endpoints as ep_sql
+from webhookd.store.postgres import publish as pub
+from webhookd.store.postgres import reads
+from webhookd.store.postgres.db import Database
+from webhookd.store.postgres.migrate import migrate
+from webhookd.store.postgres.notices import Notices
+from webhookd.store.postgres.rows import DELIVERY_COLS, delivery_from_row
+
+# PLUG-IN POINT: claims.py and cluster.py (claims with slots and fencing, heartbeat and
+# reaper, wake-ups across daemons) replace these two single-daemon versions.
+from webhookd.store.postgres.single import Claims, Cluster
+from webhookd.timefmt import now_ms
+
+if TYPE_CHECKING:
+    from webhookd.store.interface import Store
+
+# How long the readiness write may take before the check says no.
+PROBE_TIMEOUT_S = 2.0
+# A publish that lost a race on an event id to another daemon is run again this often.
+PUBLISH_TRIES = 3
+
+
+class PostgresStore:
+    def __init__(self, dsn: str, *, lease_s: float = 90.0, heartbeat_s: float = 10.0) -> None:
+        """`dsn`: a libpq URI or key/value string. `lease_s`: how long a claim holds;
+        `heartbeat_s`: how often this daemon says it is alive (3 missed: it is gone)."""
+        self.db = Database(dsn)
+        self.member = Member.this_process()
+        self._endpoints: dict[str, Endpoint] = {}
+        self._event_types: dict[str, EventType] = {}
+        self._listener: DueListener | None = None
+        self.claims = Claims(self, lease_s, alive_s=3 * heartbeat_s)
+        self._cluster = Cluster(self, heartbeat_s, alive_s=3 * heartbeat_s)
+        self.notices = Notices(self)
+        self._probe: asyncio.Task[str | None] | None = None
+
+    # --- lifecycle and the daemon ----------------------------------------------------
+
+    async def open(self) -> None:
+        await self.db.open()
+        try:
+            conn = await self.db.connect()
+            async with conn:
+                await migrate(conn)
+            await self.reload_view()
+            await self._cluster.start()
+        except BaseException:
+            await self.db.close()
+            raise
+        self.notices.start()
+
+    async def close(self) -> None:
+        await self.notices.stop()
+        await self._cluster.stop()
+        if self._probe is not None and not self._probe.done():
+            self._probe.cancel()
+        await self.db.close()
+
+    def join(self, member: Member, in_flight: Callable[[], int]) -> None:
+        self.member = member
+        self._cluster.in_flight = in_flight
+
+    async def cluster(self) -> list[DaemonInfo]:
+        return await self._cluster.daemons()
+
+    async def write_problem(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+        """A real write (the write_probe row rewritten and committed). Concurrent checks
+        share the write under way."""
+        probe = self._probe
+        if probe is None or probe.done():
+            probe = self._probe = asyncio.get_running_loop().create_task(
+                self._probe_write(), name="webhookd-write-probe"
+            )
+        try:
+            return await asyncio.wait_for(asyncio.shield(probe), timeout_s)
+        except TimeoutError:
+            return f"storage cannot write: no write committed within {timeout_s:g} s"
+
+    async def _probe_write(self) -> str | None:
+        try:
+            async with self.db.connection() as conn:
+                await conn.execute(
+                    "INSERT INTO write_probe (id, written_at) VALUES (1, %s) "
+                    "ON CONFLICT (id) DO UPDATE SET written_at = excluded.written_at",
+                    (now_ms(),),
+                )
+        except StorageError as exc:
+            return str(exc)
+        return None
+
+    def write_stats(self) -> WriteStats | None:
+        return None
+
+    # --- the view and the subscription -------------------------------------------------
+
+    async def reload_catalog(self) -> None:
+        async with self.db.connection() as conn:
+            self._event_types = await ep_sql.load_event_types(conn)
+
+    async def reload_view(self, endpoint_id: str | None = None) -> None:
+        """Read the view again from the database: one endpoint, or (None) all of them and
+        the event-type catalog; tell the subscriber what changed."""
+        async with self.db.connection() as conn:
+            if endpoint_id is not None:
+                try:
+                    found: dict[str, Endpoint] = {
+                        endpoint_id: await ep_sql.fetch_endpoint(conn, endpoint_id)
+                    }
+                except NotFound:
+                    found = {}
+                    self._forget(endpoint_id)
+            else:
+                found = await ep_sql.load_endpoints(conn)
+                for gone in set(self._endpoints) - set(found):
+                    self._forget(gone)
+            if endpoint_id is None:
+                self._event_types = await ep_sql.load_event_types(conn)
+        for ep in found.values():
+            if self._endpoints.get(ep.id) != ep:
+                self._endpoints[ep.id] = ep
+                if self._listener is not None:
+                    self._listener.endpoint_changed(ep.id)
+
+    def _forget(self, endpoint_id: str) -> None:
+        if self._endpoints.pop(endpoint_id, None) is not None and self._listener is not None:
+            self._listener.endpoint_deleted(endpoint_id)
+
+    def refresh_view(self, endpoint_id: str, **changes: Any) -> None:
+        ep = self._endpoints.get(endpoint_id)
+        if ep is not None:
+            self._endpoints[endpoint_id] = dataclasses.replace(ep, **changes)
+
+    def _changed(self, ep: Endpoint) -> Endpoint:
+        self._endpoints[ep.id] = ep
+        if self._listener is not None:
+            self._listener.endpoint_changed(ep.id)
+        return ep
+
+    def tell_due(self, items: Iterable[tuple[str, int]]) -> None:
+        items = list(items)
+        if items and self._listener is not None:
+            self._listener.due(items)
+
+    async def rescan_due(self) -> None:
+        """Have the subscriber look at every endpoint with something pending."""
+        if self._listener is None:
+            return
+        due = await self.next_due([e.id for e in self._endpoints.values() if e.active])
+        self.tell_due((e, at) for e, at in due.items() if at is not None)
+
+    def subscribe(self, listener: DueListener) -> None:
+        self._listener = listener
+
+    def unsubscribe(self, listener: DueListener) -> None:
+        if self._listener is listener:
+            self._listener = None
+
+    def offer(self, endpoint_id: str, room: int) -> None:
+        """No hand-over on a shared database: another daemon may have the room."""
+
+    def offer_budget(self, free: int | None) -> None:
+        """See offer."""
+
+    # --- event types -------------------------------------------------------------------
+
+    async def sync_event_types(self, declared: Iterable[EventTypeDecl]) -> None:
+        now = now_ms()
+        async with self.db.transaction() as conn:
+            await ep_sql.sync_event_types(conn, declared, now)
+            await ep_sql.notify_changed(conn, self.member.id)
+        async with self.db.connection() as conn:
+            self._event_types = await ep_sql.load_event_types(conn)
+
+    def has_event_type(self, name: str) -> bool:
+        return name in self._event_types
+
+    async def list_event_types(self) -> list[EventType]:
+        async with self.db.connection() as conn:
+            types = await ep_sql.load_event_types(conn)
+        self._event_types = types
+        return sorted(types.values(), key=lambda e: e.name)
+
+    async def create_event_type(self, name: str, description: str) -> EventType:
+        et = EventType(name=name, description=description, source="api", created_at=now_ms())
+        async with self.db.transaction() as conn:
+            await ep_sql.create_event_type(conn, et)
+            await ep_sql.notify_changed(conn, self.member.id)
+        self._event_types[name] = et
+        return et
+
+    async def delete_event_type(self, name: str) -> None:
+        async with self.db.transaction() as conn:
+            await ep_sql.delete_event_type(conn, name)
+            await ep_sql.notify_changed(conn, self.member.id)
+        self._event_types.pop(name, None)
+
+    # --- endpoints ---------------------------------------------------------------------
+
+    def endpoint(self, endpoint_id: str) -> Endpoint | None:
+        return self._endpoints.get(endpoint_id)
+
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._endpoints.values())
+
+    async def get_endpoint(self, endpoint_id: str) -> Endpoint:
+        async with self.db.connection() as conn:
+            return await ep_sql.fetch_endpoint(conn, endpoint_id)
+
+    async def list_endpoints(
+        self, *, tenant: Any = ..., active: bool | None = None, cursor: str | None, limit: int
+    ) -> Page:
+        async with self.db.connection() as conn:
+            return await reads.list_endpoints(conn, tenant, active, cursor, limit)
+
+    async def create_endpoint(self, fields: Mapping[str, Any]) -> Endpoint:
+        async with self.db.transaction() as conn:
+            ep = await ep_sql.create_endpoint(conn, fields, now_ms())
+            await ep_sql.notify_changed(conn, self.member.id, ep.id)
+        return self._changed(ep)
+
+    async def update_endpoint(self, endpoint_id: str, changes: Mapping[str, Any]) -> Endpoint:
+        async with self.db.transaction() as conn:
+            ep = await ep_sql.update_endpoint(conn, endpoint_id, changes, now_ms())
+            await ep_sql.notify_changed(conn, self.member.id, ep.id)
+        return self._changed(ep)
+
+    async def delete_endpoint(self, endpoint_id: str) -> None:
+        async with self.db.transaction() as conn:
+            await ep_sql.delete_endpoint(conn, endpoint_id, now_ms())
+            await ep_sql.notify_changed(conn, self.member.id, endpoint_id)
+        self._forget(endpoint_id)
+
+    async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
+        async with self.db.transaction() as conn:
+            ep = await ep_sql.rotate_secret(conn, endpoint_id, new_secret, grace_s, now_ms())
+            await ep_sql.notify_changed(conn, self.member.id, ep.id)
+        return self._changed(ep)
+
+    async def recover(self, endpoint_id: str, since: int, until: int | None) -> int:
+        now = now_ms()
+        async with self.db.transaction() as conn:
+            count = await ep_sql.recover(conn, endpoint_id, since, until, now)
+            if count:
+                await conn.execute(
+                    "SELECT pg_notify(%s, %s)",
+                    (pub.DUE_CHANNEL, pub.due_notice(self.member.id, [(endpoint_id, now)])),
+                )
+        if count:
+            self.tell_due([(endpoint_id, now)])
+        return count
+
+    async def endpoint_stats(self, endpoint_id: str, since_24h: int) -> dict[str, Any]:
+        async with self.db.connection() as conn:
+            return await ep_sql.endpoint_stats(conn, endpoint_id, since_24h)
+
+    def disable_in_view(self, endpoint_id: str, reason: str) -> None:
+        self.refresh_view(endpoint_id, active=False, disabled_reason=reason)
+
+    # --- events ------------------------------------------------------------------------
+
+    async def publish(self, events: Sequence[NewEvent]) -> list[PublishResult]:
+        for attempt in range(PUBLISH_TRIES):
+            try:
+                async with self.db.transaction() as conn:
+                    results = await pub.publish(
+                        conn, events, self._fan_out, self.member.id, now_ms()
+                    )
+                break
+            except Exception as exc:
+                if attempt + 1 < PUBLISH_TRIES and ep_sql.is_unique_violation(
+                    exc, pub.EVENTS_ID_INDEX
+                ):
+                    continue  # another daemon stored one of these ids meanwhile: look again
+                if ep_sql.is_unique_violation(exc, pub.EVENTS_ID_INDEX):
+                    raise StorageError("storage cannot write: event ids kept racing") from None
+                raise
+        self.tell_due(d for r in results for d in r.due)
+        return results
+
+    def _fan_out(self, ev: NewEvent) -> list[Endpoint]:
+        if ev.only_endpoint is not None:
+            ep = self._endpoints.get(ev.only_endpoint)
+            return [ep] if ep else []
+        return [
+            ep
+            for ep in self._endpoints.values()
+            if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
+        ]
+
+    async def get_event(self, event_id: str, tenant: Any = ...) -> tuple[Event, list[Delivery]]:
+        async with self.db.connection() as conn:
+            return await reads.get_event(conn, event_id, tenant)
+
+    async def list_events(
+        self,
+        *,
+        event_type: str | None = None,
+        tenant: Any = ...,
+        since: int | None = None,
+        until: int | None = None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        async with self.db.connection() as conn:
+            return await reads.list_events(conn, event_type, tenant, since, until, cursor, limit)
+
+    # --- deliveries --------------------------------------------------------------------
+
+    async def list_deliveries(
+        self,
+        *,
+        endpoint_id: str | None = None,
+        event_id: str | None = None,
+        event_type: str | None = None,
+        status: str | None = None,
+        tenant: Any = ...,
+        since: int | None = None,
+        until: int | None = None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        filters = {
+            "endpoint_id": endpoint_id,
+            "event_id": event_id,
+            "event_type": event_type,
+            "status": status,
+            "tenant": tenant,
+            "since": since,
+            "until": until,
+        }
+        async with self.db.connection() as conn:
+            return await reads.list_deliveries(conn, filters, cursor, limit)
+
+    async def get_delivery(self, delivery_id: str) -> tuple[Delivery, list[Attempt]]:
+        async with self.db.connection() as conn:
+            return await reads.get_delivery(conn, delivery_id)
+
+    async def retry_delivery(self, delivery_id: str) -> Delivery:
+        now = now_ms()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(
+                "SELECT d.status, d.endpoint_id, e.active, e.deleted_at FROM deliveries d "
+                "LEFT JOIN endpoints e ON e.id = d.endpoint_id WHERE d.id = %s FOR UPDATE OF d",
+                (delivery_id,),
+            )
+            row = await cur.fetchone()
+            if row is None:
+                raise NotFound(f"no delivery with id {delivery_id}")
+            _check_retry(*row)
+            cur = await conn.execute(
+                "UPDATE deliveries SET manual = true, "
+                "resume_at = CASE WHEN status = 'pending' THEN next_attempt_at END, "
+                "status = 'pending', next_attempt_at = %s, updated_at = %s WHERE id = %s "
+                f"RETURNING {DELIVERY_COLS}",
+                (now, now, delivery_id),
+            )
+            updated = await cur.fetchone()
+            assert updated is not None
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)",
+                (pub.DUE_CHANNEL, pub.due_notice(self.member.id, [(row[1], now)])),
+            )
+        self.tell_due([(row[1], now)])
+        return delivery_from_row(updated)
+
+    # --- the dispatcher's side (delegated: see PLUG-IN POINT) --------------------------
+
+    async def requeue_interrupted(self) -> int:
+        return await self.claims.requeue_interrupted()
+
+    async def next_due(self, endpoint_ids: Iterable[str]) -> dict[str, int | None]:
+        return await self.claims.next_due(list(endpoint_ids))
+
+    async def claim(
+        self, wants: Mapping[str, int], now: int
+    ) -> tuple[list[Claimed], dict[str, int | None]]:
+        return await self.claims.claim(wants, now)
+
+    async def record(self, outcome: Outcome) -> None:
+        await self.claims.record(outcome)
+
+    async def release(self, claimed: Sequence[Claimed], status: str = "pending") -> None:
+        await self.claims.release(claimed, status)
+
+    # --- maintenance -------------------------------------------------------------------
+
+    async def purge_before(self, cutoff: int, limit: int) -> int:
+        """Delete up to `limit` old events (none with unfinished deliveries), with their
+        deliveries and attempts, in batches of PURGE_BATCH rows: each batch is its own
+        short transaction, and rows another daemon is purging are skipped, not waited for."""
+        total = 0
+        while total < limit:
+            n = min(PURGE_BATCH, limit - total)
+            async with self.db.connection() as conn:
+                cur = await conn.execute(_PURGE, (cutoff, n))
+                done = cur.rowcount
+            total += done
+            if done < n:
+                break
+        return total
+
+    async def backlog(self, now: int) -> tuple[int, int | None]:
+        active = [e.id for e in self._endpoints.values() if e.active]
+        async with self.db.connection() as conn:
+            return await reads.backlog(conn, active, now)
+
+
+# Retention deletes in batches this size: a batch's locks are held for milliseconds.
+PURGE_BATCH = 5000
+_PURGE = (
+    "DELETE FROM events WHERE seq = ANY(ARRAY(SELECT e.seq FROM events e "
+    "WHERE e.created_at < %s AND NOT EXISTS (SELECT 1 FROM deliveries d "
+    "WHERE d.event_seq = e.seq AND d.status IN ('pending', 'delivering')) "
+    "ORDER BY e.created_at LIMIT %s FOR UPDATE OF e SKIP LOCKED))"
+)
+
+
+def _check_retry(status: str, endpoint_id: str, active: bool | None, deleted: int | None) -> None:
+    if active is None or deleted is not None:
+        raise Conflict("the endpoint of this delivery was deleted; it cannot be retried")
+    if not active:
+        raise Conflict(
+            "the endpoint of this delivery is disabled; re-enable it with "
+            'PATCH {"active": true} or use recover'
+        )
+    if status == "delivering":
+        raise Conflict("an attempt of this delivery is in progress; try again shortly")
+
+
+if TYPE_CHECKING:
+
+    def _is_a_store(store: PostgresStore) -> Store:  # mypy checks that this is a Store
+        return store
