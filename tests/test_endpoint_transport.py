@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from tests.conftest import ROOT, Daemon, Receiver, wait_until
 from webhookd.config import ConfigError, config_from_mapping
-from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.sqlite import SQLiteStore
+from webhookd.store.sqlite.migrations import MIGRATIONS
 
 MakeDaemon = Callable[..., Awaitable[Daemon]]
 REDACTED = "[redacted]"

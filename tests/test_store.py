@@ -15,7 +15,7 @@ from tests.conftest import new_event
 from webhookd.ids import new_id
 from webhookd.retention import Retention
 from webhookd.store.models import NewEvent, NotFound, StorageError
-from webhookd.store.sqlite import BUSY_TIMEOUT_MS, SQLiteStore
+from webhookd.store.sqlite.store import BUSY_TIMEOUT_MS, SQLiteStore
 from webhookd.timefmt import now_ms, use_clock
 
 
@@ -109,7 +109,7 @@ async def test_bulk_statements_look_deliveries_up_by_id(store: SQLiteStore) -> N
     """The per-batch statements find each delivery through its id, never by walking the
     table or every row in one state (which would make a batch cost grow with the backlog
     or with the number of open requests)."""
-    from webhookd.store.batches import (
+    from webhookd.store.sqlite.batches import (
         MARK_DELIVERING,
         SKIP_IF_DISABLED,
         UPDATE_RECORDED,

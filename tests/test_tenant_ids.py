@@ -15,8 +15,8 @@ import orjson
 import pytest
 
 from tests.conftest import Daemon, Receiver
-from webhookd.store.migrations import MIGRATIONS
-from webhookd.store.rows import body_hash
+from webhookd.store.codec import body_hash
+from webhookd.store.sqlite.migrations import MIGRATIONS
 
 MakeDaemon = Callable[..., Awaitable[Daemon]]
 MakeReceiver = Callable[..., Awaitable[Receiver]]

@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 
 from webhookd.store.models import Claimed, Endpoint, Outcome
-from webhookd.store.writer import COMMIT_BUCKETS, Writer
+from webhookd.store.sqlite.writer import COMMIT_BUCKETS, Writer
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:

@@ -37,8 +37,8 @@ from webhookd.api.validate import (
 )
 from webhookd.config import EVENT_TYPE_RE, TENANT_RE
 from webhookd.ids import new_id
+from webhookd.store.codec import body_hash, decode_name_cursor, encode_name_cursor
 from webhookd.store.models import AmbiguousId, NewEvent, PublishResult
-from webhookd.store.rows import body_hash, decode_name_cursor, encode_name_cursor
 from webhookd.timefmt import now_ms
 
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")

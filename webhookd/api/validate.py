@@ -15,7 +15,7 @@ from aiohttp import web
 
 from webhookd import jsonio
 from webhookd.api.errors import ApiError, validation_error
-from webhookd.store.rows import BadCursor, decode_cursor
+from webhookd.store.codec import BadCursor, decode_cursor
 from webhookd.timefmt import parse_rfc3339
 
 Loc = tuple[str | int, ...]

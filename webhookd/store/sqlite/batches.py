@@ -26,7 +26,7 @@ from webhookd.store.models import (
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
-    from webhookd.store.sqlite import SQLiteStore
+    from webhookd.store.sqlite.store import SQLiteStore
 
 log = logging.getLogger("webhookd.store")
 

@@ -23,15 +23,7 @@ import orjson
 from webhookd.config import EventTypeDecl
 from webhookd.ids import new_id
 from webhookd.matching import subscribed
-from webhookd.store.batches import (
-    MARK_DELIVERING,
-    claim_select,
-    publish_merged,
-    record_merged,
-)
-from webhookd.store.handoff import Offers
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
-from webhookd.store.migrations import MIGRATIONS
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
     AmbiguousId,
@@ -49,7 +41,15 @@ from webhookd.store.models import (
     PublishResult,
     StorageError,
 )
-from webhookd.store.rows import (
+from webhookd.store.sqlite.batches import (
+    MARK_DELIVERING,
+    claim_select,
+    publish_merged,
+    record_merged,
+)
+from webhookd.store.sqlite.handoff import Offers
+from webhookd.store.sqlite.migrations import MIGRATIONS
+from webhookd.store.sqlite.rows import (
     DELIVERY_COLS,
     ENDPOINT_COLS,
     BadCursor,
@@ -63,7 +63,7 @@ from webhookd.store.rows import (
     endpoint_from_row,
     window,
 )
-from webhookd.store.writer import COMMIT_BUCKETS, Writer
+from webhookd.store.sqlite.writer import COMMIT_BUCKETS, Writer
 from webhookd.timefmt import now_ms
 
 # How long a statement waits for another process's lock (a backup, an operator's sqlite3
