@@ -13,6 +13,16 @@ from aiohttp import web
 
 from webhookd import __version__
 from webhookd.api.errors import json_response
+from webhookd.api.openapi_text import (
+    FIELDS,
+    FIELDS_IN,
+    OPERATIONS,
+    PARAMETERS,
+    TAGS,
+)
+from webhookd.api.openapi_text import (
+    SCHEMAS as SCHEMA_TEXT,
+)
 from webhookd.formats import FORMATS
 from webhookd.signing import SCHEMES
 from webhookd.store.models import DELIVERY_STATES
@@ -693,8 +703,61 @@ def _paths() -> J:
 
 
 def operation_id(method: str, path: str) -> str:
-    words = [w.strip("{}").replace("-", "_").replace(".", "_") for w in path.split("/") if w]
-    return "_".join([method, *words])
+    """`endpoints.create`: the resource, a dot, the action (what generators name methods by)."""
+    known = OPERATIONS.get((method, path))
+    if known is not None:
+        return known[0]
+    return f"{_tag(path).replace('-', '_')}.{method}"
+
+
+def _tag(path: str) -> str:
+    known = next((tag for (_, p), (_, tag, _) in OPERATIONS.items() if p == path), None)
+    if known is not None:
+        return known
+    parts = [w for w in path.split("/") if w and w != "v1"]
+    return parts[0] if path.startswith("/v1/") and parts else "operations"
+
+
+def _describe_operation(method: str, path: str, operation: J) -> None:
+    """Its id, its tag and a description; a route not in OPERATIONS gets its summary."""
+    known = OPERATIONS.get((method, path))
+    operation["operationId"] = operation_id(method, path)
+    operation["tags"] = [_tag(path)]
+    operation["description"] = known[2] if known else operation.get("summary", "")
+    for param in operation.get("parameters", []):
+        param.setdefault("description", PARAMETERS.get(param["name"], param["name"]))
+
+
+def _described(schema: J, owner: str) -> J:
+    """A copy of `schema` with a description on every property, at any depth. Copies,
+    because the constants above share property schemas (TIME, NULLABLE_STRING) between
+    fields that mean different things."""
+    out = dict(schema)
+    if isinstance(out.get("properties"), dict):
+        out["properties"] = {
+            name: _field(name, prop, owner) for name, prop in out["properties"].items()
+        }
+    if isinstance(out.get("items"), dict):
+        out["items"] = _described(out["items"], owner)
+    for key in ("oneOf", "anyOf"):
+        if isinstance(out.get(key), list):
+            out[key] = [_described(s, owner) for s in out[key]]
+    return out
+
+
+def _field(name: str, prop: J, owner: str) -> J:
+    out = _described(prop, owner)
+    text = FIELDS_IN.get((owner, name)) or FIELDS.get(name)
+    if "description" not in out and text:
+        out["description"] = text
+    return out
+
+
+def _schemas() -> J:
+    return {
+        name: {**_described(schema, name), "description": SCHEMA_TEXT.get(name, name)}
+        for name, schema in SCHEMAS.items()
+    }
 
 
 def _link(paths: J, source: tuple[str, str, str], prefix: str, param: str, field: str) -> None:
@@ -707,6 +770,7 @@ def _link(paths: J, source: tuple[str, str, str], prefix: str, param: str, field
                 name = operation_id(target_method, target)
                 links[name] = {
                     "operationId": name,
+                    "description": f"{name} on what this created",
                     "parameters": {param: f"$response.body#/{field}"},
                 }
     paths[path][method]["responses"][status]["links"] = links
@@ -721,7 +785,7 @@ def document() -> J:
     }
     for path, methods in paths.items():
         for method, operation in methods.items():
-            operation["operationId"] = operation_id(method, path)
+            _describe_operation(method, path, operation)
     _link(
         paths, ("post", "/v1/endpoints", "201"), "/v1/endpoints/{endpoint_id}", "endpoint_id", "id"
     )
@@ -742,9 +806,17 @@ def document() -> J:
         },
         "servers": [{"url": "/"}],
         "security": [{}, {"bearer": []}],
+        "tags": TAGS,
         "components": {
-            "schemas": SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": _schemas(),
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key from the config's api_keys; none needed when "
+                    "the config has no keys (loopback or unix socket only).",
+                }
+            },
         },
         "paths": paths,
     }
