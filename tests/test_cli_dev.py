@@ -87,8 +87,8 @@ async def test_dev_prints_one_line_per_attempt_and_stops_on_a_signal(
         assert line is not None
         assert line["type"] == "order.created" and line["status"] == "200"
         assert line["verdict"] == "signature OK (standard)"
-        code, out, _ = await cli("trigger", "invoice.paid", "--payload", '{"n": 2}', env=env)
-        assert code == 0 and "(invoice.paid) to 1 endpoint" in out
+        code, out, _ = await cli("trigger", "order.paid", "--payload", '{"n": 2}', env=env)
+        assert code == 0 and "(order.paid) to 1 endpoint" in out
         await wait_until(
             lambda: len(ATTEMPT_LINE.findall(dev.text())) == 2, 20, "the second attempt line"
         )

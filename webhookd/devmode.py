@@ -31,10 +31,10 @@ from webhookd import signing
 from webhookd.client.core import AsyncClient, WebhookdError
 from webhookd.listen import Listener, Received
 
+# Those of etc/dev.yaml, which the docs' examples use.
 DEV_EVENT_TYPES = (
     ("order.created", "An order was placed."),
     ("order.paid", "An order was paid."),
-    ("invoice.paid", "An invoice was paid."),
     ("call.completed", "A call ended and its recording is ready."),
 )
 DEV_MARK = {"created_by": "webhookd dev"}
