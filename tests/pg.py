@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 # Test modules whose store- and daemon-level tests run against both backends.
-PARAMETRIZED = frozenset({"test_pg_store"})
+PARAMETRIZED = frozenset({"test_pg_store", "test_store"})
 BACKENDS = ("sqlite", "postgres")
 TEMPLATE = "webhookd_template"
 SUPERUSER = "webhookd"

@@ -333,3 +333,18 @@ async def test_readiness_fails_while_the_database_refuses(pg_dsn: str) -> None:
 
 async def _writes(store: Any) -> bool:
     return await store.write_problem() is None
+
+
+async def test_open_store_opens_postgresql_for_a_dsn(pg_dsn: str) -> None:
+    from webhookd.config import config_from_mapping
+    from webhookd.store import open_store
+    from webhookd.store.postgres import PostgresStore
+
+    store = open_store(config_from_mapping({"database": pg_dsn, "delivery": {"timeout_s": 10}}))
+    assert isinstance(store, PostgresStore)
+    assert store.claims.lease_ms == 70_000  # delivery.timeout_s + 60 s
+    await store.open()
+    try:
+        assert await store.write_problem() is None
+    finally:
+        await store.close()

@@ -19,6 +19,7 @@ from webhookd.store.sqlite.store import BUSY_TIMEOUT_MS, SQLiteStore
 from webhookd.timefmt import now_ms, use_clock
 
 
+@pytest.mark.sqlite_only
 async def test_pragmas_and_schema_version(store: SQLiteStore) -> None:
     conn = sqlite3.connect(store.path)
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
@@ -44,6 +45,7 @@ async def test_reopen_keeps_data_and_does_not_remigrate(tmp_path: Path) -> None:
     await s2.close()
 
 
+@pytest.mark.sqlite_only
 async def test_concurrent_publishes_share_commits(store: SQLiteStore) -> None:
     await store.create_endpoint({"url": "https://example.com/h", "secret": "whsec_x"})
     assert store.writer is not None
@@ -59,6 +61,7 @@ async def test_concurrent_publishes_share_commits(store: SQLiteStore) -> None:
     conn.close()
 
 
+@pytest.mark.sqlite_only
 async def test_claim_uses_the_due_index(store: SQLiteStore) -> None:
     """The claim's cost does not grow with the backlog: it walks the partial index."""
     conn = sqlite3.connect(store.path)
@@ -73,6 +76,7 @@ async def test_claim_uses_the_due_index(store: SQLiteStore) -> None:
     assert "TEMP B-TREE" not in text, text
 
 
+@pytest.mark.sqlite_only
 async def test_claim_is_bounded_by_batch_not_backlog(store: SQLiteStore) -> None:
     ep = await store.create_endpoint({"url": "https://example.com/h", "secret": "whsec_x"})
     # 20,000 pending deliveries, all due.
@@ -105,6 +109,7 @@ def _plan(conn: sqlite3.Connection, sql: str, args: tuple[object, ...]) -> str:
     return " ".join(str(r[-1]) for r in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
 
 
+@pytest.mark.sqlite_only
 async def test_bulk_statements_look_deliveries_up_by_id(store: SQLiteStore) -> None:
     """The per-batch statements find each delivery through its id, never by walking the
     table or every row in one state (which would make a batch cost grow with the backlog
@@ -161,6 +166,7 @@ async def test_claim_returns_payload_bytes_exactly(store: SQLiteStore) -> None:
     assert got == {e.id: e.payload_json for e in events}
 
 
+@pytest.mark.sqlite_only
 async def test_a_batch_of_outcomes_is_a_few_statements(store: SQLiteStore) -> None:
     """300 outcomes queued together are written by a constant number of statements, not
     one or more per outcome; and each lands: attempt row, new delivery state."""
@@ -240,6 +246,7 @@ class ManualClock:
         self.ms += int(seconds * 1000)
 
 
+@pytest.mark.sqlite_only
 async def test_busy_timeout_is_per_store_and_a_locked_database_fails_fast(
     store: SQLiteStore, tmp_path: Path
 ) -> None:
