@@ -63,7 +63,7 @@ def only_to(ep: Endpoint, **kw: Any) -> NewEvent:
 
 async def publish(d: Dispatcher, store: SQLiteStore, events: list[NewEvent]) -> None:
     for res in await store.publish(events):
-        d.notify_many(res.due)
+        d.due(res.due)
 
 
 def visits_per_wakeup(d: Dispatcher, before: tuple[int, int]) -> float:
@@ -145,7 +145,7 @@ async def test_deleting_an_endpoint_forgets_it(
     d, endpoints = started
     gone = endpoints[99]
     await store.delete_endpoint(gone.id)
-    d.forget(gone.id)
+    d.endpoint_deleted(gone.id)
     assert gone.id not in d._states
     # A publish to every endpoint still reaches all the others.
     await publish(d, store, [new_event()])

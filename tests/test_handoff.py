@@ -260,8 +260,9 @@ async def test_the_dispatcher_offers_only_idle_room_within_its_workers(
     d._wants(now)
     assert offered(store, ep.id) == 0
     # Stopping withdraws the dispatcher as the receiver of hand-overs.
-    store.offers.receiver = d._handed_over
-    store.offers.close(d._handed_over)
+    store.subscribe(d)
+    assert store.offers.receiver == d.handed_over
+    store.unsubscribe(d)
     assert store.offers.receiver is None
 
 

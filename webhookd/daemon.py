@@ -33,8 +33,8 @@ from webhookd.netguard import AddressPolicy, GuardedResolver
 from webhookd.opevents import OpEvents
 from webhookd.retention import Retention
 from webhookd.sdnotify import Notifier, watchdog_loop
-from webhookd.store.models import Claimed, Endpoint, Outcome, StorageError
-from webhookd.store.sqlite import SQLiteStore
+from webhookd.store import open_store
+from webhookd.store.interface import Claimed, Endpoint, Member, Outcome, StorageError, Store
 
 log = logging.getLogger("webhookd")
 
@@ -52,7 +52,10 @@ class Daemon:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path
-        self.store = SQLiteStore(config.database)
+        # The backend config.database names (StorageError if it cannot be had).
+        self.store: Store = open_store(config)
+        self.member = Member.this_process()
+        self.store.join(self.member, self._in_flight)
         self.state = State(config=config, store=self.store)
         self.notifier = Notifier.from_env()
         self.client: http1.Client | None = None
@@ -73,6 +76,9 @@ class Daemon:
         self._signals = 0
         self._watchdog: asyncio.Task[None] | None = None
         self.bound: list[str] = []
+
+    def _in_flight(self) -> int:
+        return self.dispatcher.stats.in_flight if self.dispatcher is not None else 0
 
     # --- startup --------------------------------------------------------------------
 
@@ -137,7 +143,7 @@ class Daemon:
         self.dispatcher = Dispatcher(
             self.store, self.client, self.config.delivery, on_outcome=on_outcome
         )
-        self.opevents.attach(self.dispatcher.notify_many)
+        self.opevents.attach(self.dispatcher.due)
         self.state.dispatcher = self.dispatcher
         await self.dispatcher.start()
 
@@ -301,7 +307,11 @@ def _describe(address: object) -> str:
 
 
 async def serve(config: Config, config_path: str | None) -> int:
-    daemon = Daemon(config, config_path)
+    try:
+        daemon = Daemon(config, config_path)
+    except StorageError as exc:
+        log.error(str(exc), extra={"event": "startup_failed"})
+        return 1
     daemon.install_signal_handlers()
     try:
         await daemon.start()

@@ -38,15 +38,15 @@ from dataclasses import dataclass, field
 from webhookd import delivery, formats, http1, signing
 from webhookd.config import DeliveryConfig
 from webhookd.retry import next_delay_s, parse_retry_after
-from webhookd.store.models import (
+from webhookd.store.interface import (
     Attempt,
     Claimed,
     Endpoint,
     EndpointTLS,
     Outcome,
     StorageError,
+    Store,
 )
-from webhookd.store.sqlite import SQLiteStore
 from webhookd.timefmt import now_ms, to_rfc3339
 
 log = logging.getLogger("webhookd.dispatcher")
@@ -227,7 +227,7 @@ def _without_details(o: Outcome) -> Outcome:
 class Dispatcher:
     def __init__(
         self,
-        store: SQLiteStore,
+        store: Store,
         client: http1.Client,
         config: DeliveryConfig,
         *,
@@ -273,7 +273,7 @@ class Dispatcher:
             self._state(endpoint_id).next_due = at
         self._changed.update(self._states)  # filed once, at the first wake-up
         self._event_loop = asyncio.get_running_loop()
-        self.store.offers.receiver = self._handed_over
+        self.store.subscribe(self)
         self._loop_task = asyncio.create_task(self._run(), name="webhookd-dispatcher")
 
     @property
@@ -288,9 +288,9 @@ class Dispatcher:
         self._changed.update(self._states)
         self._wake.set()
 
-    def notify(self, endpoint_id: str, due_ms: int) -> None:
-        """A delivery for this endpoint is pending from `due_ms` on (publish, retry, recover);
-        also how a change of its settings is told (with 0: look at it again now)."""
+    def _notify(self, endpoint_id: str, due_ms: int) -> None:
+        """A delivery for this endpoint is pending from `due_ms` on (publish, retry, recover,
+        a retry of our own); with 0, look at it again now (its settings changed)."""
         st = self._state(endpoint_id)
         st.notified += 1
         if st.next_due is None or due_ms < st.next_due:
@@ -298,16 +298,24 @@ class Dispatcher:
         self._changed.add(endpoint_id)
         self._wake.set()
 
-    def notify_many(self, items: Iterable[tuple[str, int]]) -> None:
-        for endpoint_id, due in items:
-            self.notify(endpoint_id, due)
+    # --- what the store tells us (interface.DueListener), after each commit ------------
 
-    def forget(self, endpoint_id: str) -> None:
+    def due(self, items: Iterable[tuple[str, int]]) -> None:
+        """Deliveries of these endpoints are pending from these times on."""
+        for endpoint_id, due_ms in items:
+            self._notify(endpoint_id, due_ms)
+
+    def endpoint_changed(self, endpoint_id: str) -> None:
+        """Its settings changed (disabled too: a disabled one gives back what it claimed
+        ahead): look at it again now."""
+        self._notify(endpoint_id, 0)
+
+    def endpoint_deleted(self, endpoint_id: str) -> None:
         """The endpoint was deleted: no more offers or claims for it; its claimed-ahead
         deliveries (already cancelled by the store) leave the queue; its state goes once
         its open requests are over."""
         self._routes.pop(endpoint_id, None)
-        self.store.offers.set(endpoint_id, 0)
+        self.store.offer(endpoint_id, 0)
         self._due.pop(endpoint_id, None)
         st = self._states.get(endpoint_id)
         if st is None:
@@ -326,7 +334,7 @@ class Dispatcher:
     async def stop(self, grace_s: float) -> None:
         """Stop claiming; let open requests finish within `grace_s`; give the rest back."""
         self._stopping = True
-        self.store.offers.close(self._handed_over)
+        self.store.unsubscribe(self)
         self._wake.set()
         if self._loop_task is not None:
             with contextlib.suppress(asyncio.CancelledError):
@@ -399,7 +407,7 @@ class Dispatcher:
         changed, self._changed = self._changed, set()
         for endpoint_id in changed:
             self._file(endpoint_id, now)
-        self.store.offers.budget(max(free, 0))
+        self.store.offer_budget(max(free, 0))
         if free <= 0:
             return {}, None
         wants = self._take_due(now, free)
@@ -434,20 +442,20 @@ class Dispatcher:
         deliveries to claim now (the due set), later (the heap) or not until a change."""
         st = self._states.get(endpoint_id)
         if st is None:
-            self.store.offers.set(endpoint_id, 0)
+            self.store.offer(endpoint_id, 0)
             self._due.pop(endpoint_id, None)
             return
         self.stats.state_visits += 1
         ep = self.store.endpoint(endpoint_id)
         if ep is None or not ep.active:
-            self.store.offers.set(endpoint_id, 0)
+            self.store.offer(endpoint_id, 0)
             self._due.pop(endpoint_id, None)
             st.look_at = None
             self._idle(endpoint_id, st, ep)
             return
         room, prefetch, queue_cap = self._room(ep, st)
         offer = _offer(st, now, room, prefetch)
-        self.store.offers.set(endpoint_id, offer)
+        self.store.offer(endpoint_id, offer)
         at = _claim_due(ep, st, room, queue_cap)
         if at is not None and at <= now:
             self._due.setdefault(endpoint_id)  # a due endpoint keeps its turn
@@ -579,7 +587,7 @@ class Dispatcher:
         for endpoint_id in touched:
             self._start_ready(endpoint_id)
 
-    def _handed_over(self, claimed: list[Claimed]) -> None:
+    def handed_over(self, claimed: list[Claimed]) -> None:
         """Deliveries a publish transaction claimed for us has just committed."""
         touched: set[str] = set()
         for c in claimed:
@@ -656,7 +664,7 @@ class Dispatcher:
                 return
             self._count(outcome)
             if outcome.status == "pending" and outcome.next_attempt_at is not None:
-                self.notify(c.endpoint_id, outcome.next_attempt_at)
+                self._notify(c.endpoint_id, outcome.next_attempt_at)
             if self.on_outcome is not None:
                 self.on_outcome(c, ep, outcome)
         finally:
@@ -733,7 +741,7 @@ class Dispatcher:
                 extra={"event": "put_back_failed", "delivery_id": c.delivery_id},
             )
         else:
-            self.notify(c.endpoint_id, now_ms())
+            self._notify(c.endpoint_id, now_ms())
         return False
 
     async def _write(self, c: Claimed, write: Callable[[], Awaitable[None]]) -> Exception | None:

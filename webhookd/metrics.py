@@ -15,7 +15,7 @@ library's types are used, with the children kept in dicts (which saves the other
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -31,8 +31,7 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from webhookd.store.models import Claimed, Endpoint, Outcome
-from webhookd.store.sqlite.writer import COMMIT_BUCKETS, Writer
+from webhookd.store.interface import Claimed, Endpoint, Outcome, WriteStats
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
@@ -49,37 +48,39 @@ _STATUS_CLASS = {code: f"{code // 100}xx" for code in range(100, 600)}
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 
+# The figures of a store that keeps none: zero, and one bucket (+Inf).
+_NO_WRITES = WriteStats(0, 0.0, 0.0, (), (0,))
+
+
 class _WriterStats(Collector):
-    """The database writer's own counters (kept by the writer in its thread), read when
-    scraped."""
+    """The store's write path figures (kept by its writer), read when scraped."""
 
     def __init__(self) -> None:
-        self.writer: Writer | None = None
+        self.source: Callable[[], WriteStats | None] = lambda: None
 
     def collect(self) -> Iterator[Metric]:
-        w = self.writer
+        w = self.source() or _NO_WRITES
         yield CounterMetricFamily(
             "webhookd_store_transactions",
             "Write transactions committed (each holds every write queued meanwhile).",
-            w.commits if w else 0,
+            w.transactions,
         )
         yield CounterMetricFamily(
             "webhookd_store_transaction_seconds",
             "Time the database thread spent in write transactions; its rate is how busy "
             "the one writer is (1 = always).",
-            w.busy_s if w else 0.0,
+            w.busy_s,
         )
-        counts = list(w.commit_counts) if w else [0] * (len(COMMIT_BUCKETS) + 1)
         cumulative: list[tuple[str, float]] = []
         total = 0
-        for bound, count in zip((*COMMIT_BUCKETS, None), counts, strict=True):
+        for bound, count in zip((*w.commit_buckets_s, None), w.commit_counts, strict=True):
             total += count
             cumulative.append(("+Inf" if bound is None else repr(float(bound)), total))
         commit = HistogramMetricFamily(
             "webhookd_store_commit_seconds",
             "Duration of each COMMIT of a write transaction (mostly waiting for the disk to sync).",
         )
-        commit.add_metric([], cumulative, w.commit_s if w else 0.0)
+        commit.add_metric([], cumulative, w.commit_s)
         yield commit
 
 
@@ -165,7 +166,7 @@ class Metrics:
         self.endpoints.set(len(endpoints))
         self.disabled.set(sum(1 for e in endpoints if not e.active))
         self.in_flight.set(state.dispatcher.stats.in_flight if state.dispatcher else 0)
-        self._writer_stats.writer = store.writer
+        self._writer_stats.source = store.write_stats
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -54,8 +54,7 @@ from typing import Any
 from webhookd import jsonio
 from webhookd.ids import new_id
 from webhookd.matching import subscribed
-from webhookd.store.models import Claimed, Endpoint, NewEvent, Outcome
-from webhookd.store.sqlite import SQLiteStore
+from webhookd.store.interface import Claimed, Endpoint, NewEvent, Outcome, Store
 
 log = logging.getLogger("webhookd.opevents")
 
@@ -137,7 +136,7 @@ def _failed_before(c: Claimed) -> bool:
 class OpEvents:
     """Queues operational events from delivery outcomes and publishes them."""
 
-    def __init__(self, store: SQLiteStore) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._notify: Notify | None = None
         self._queue: list[_Pending] = []

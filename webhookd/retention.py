@@ -12,8 +12,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from webhookd.store.models import StorageError
-from webhookd.store.sqlite import SQLiteStore
+from webhookd.store.interface import StorageError, Store
 from webhookd.timefmt import now_ms
 
 log = logging.getLogger("webhookd.retention")
@@ -22,7 +21,7 @@ MAX_INTERVAL_S = 3600.0
 
 
 class Retention:
-    def __init__(self, store: SQLiteStore, days: Callable[[], float]) -> None:
+    def __init__(self, store: Store, days: Callable[[], float]) -> None:
         self.store = store
         self.days = days  # read on every pass, so a reload applies
         self.purged_total = 0

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from webhookd.config import ApiKey, Config
-from webhookd.store.sqlite import SQLiteStore
+from webhookd.store.interface import Store
 
 if TYPE_CHECKING:
     from webhookd.dispatcher import Dispatcher
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 @dataclass
 class State:
     config: Config
-    store: SQLiteStore
+    store: Store
     dispatcher: Dispatcher | None = None
     starting: bool = True
     stopping: bool = False

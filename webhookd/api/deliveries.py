@@ -8,7 +8,7 @@ from webhookd.api import serialize
 from webhookd.api.context import state, tenant_filter, visible_to
 from webhookd.api.errors import json_response
 from webhookd.api.validate import Problems, page_json, paging, query, query_time
-from webhookd.store.models import DELIVERY_STATES, NotFound
+from webhookd.store.interface import DELIVERY_STATES, NotFound
 
 
 async def list_(request: web.Request) -> web.Response:
@@ -55,7 +55,7 @@ async def retry(request: web.Request) -> web.Response:
         raise NotFound(f"no delivery with id {delivery_id}")
     updated = await st.store.retry_delivery(delivery_id)
     if st.dispatcher is not None and updated.next_attempt_at is not None:
-        st.dispatcher.notify(updated.endpoint_id, updated.next_attempt_at)
+        st.dispatcher.due([(updated.endpoint_id, updated.next_attempt_at)])
     return json_response(serialize.delivery(updated), 202)
 
 

@@ -36,8 +36,7 @@ from webhookd.config import EVENT_TYPE_RE, PROXY_FORM, TENANT_RE, Config, proxy_
 from webhookd.formats import FORMATS
 from webhookd.ids import new_id
 from webhookd.signing import REDACTED
-from webhookd.store.models import DELIVERY_STATES, Endpoint, NewEvent, NotFound
-from webhookd.store.sqlite import SQLiteStore
+from webhookd.store.interface import DELIVERY_STATES, Endpoint, NewEvent, NotFound, Store
 from webhookd.timefmt import now_ms, to_rfc3339
 
 BODY_LIMIT = 1 << 20
@@ -97,7 +96,7 @@ def check_url(value: Any, config: Config, problems: Problems) -> str | None:
     return text
 
 
-def check_events(value: Any, store: SQLiteStore, problems: Problems) -> list[str] | None:
+def check_events(value: Any, store: Store, problems: Problems) -> list[str] | None:
     loc = ("body", "events")
     if not isinstance(value, list) or not value:
         problems.add(loc, 'expected a non-empty list of event types or patterns, e.g. ["*"]')
@@ -620,7 +619,7 @@ async def patch(request: web.Request) -> web.Response:
     if st.dispatcher is not None:
         # Disabled too: the dispatcher looks at changed endpoints only, and a disabled
         # one gives back what it claimed ahead.
-        st.dispatcher.notify(updated.id, 0)
+        st.dispatcher.endpoint_changed(updated.id)
     return json_response(serialize.endpoint(updated, st.config))
 
 
@@ -629,7 +628,7 @@ async def delete(request: web.Request) -> web.Response:
     st = state(request)
     await st.store.delete_endpoint(ep.id)
     if st.dispatcher is not None:
-        st.dispatcher.forget(ep.id)
+        st.dispatcher.endpoint_deleted(ep.id)
     return web.Response(status=204)
 
 
@@ -706,7 +705,7 @@ async def send_test(request: web.Request) -> web.Response:
     )
     [res] = await st.store.publish([event])
     if st.dispatcher is not None:
-        st.dispatcher.notify_many(res.due)
+        st.dispatcher.due(res.due)
     if not res.delivery_ids:
         raise NotFound(f"no endpoint with id {ep.id}")
     return json_response({"event_id": res.event.id, "delivery_id": res.delivery_ids[0]}, 202)
@@ -731,7 +730,7 @@ async def recover(request: web.Request) -> web.Response:
     assert since is not None
     count = await st.store.recover(ep.id, since, until)
     if st.dispatcher is not None and count:
-        st.dispatcher.notify(ep.id, 0)
+        st.dispatcher.endpoint_changed(ep.id)
     return json_response({"requeued": count}, 202)
 
 

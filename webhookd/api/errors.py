@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from webhookd.store.models import Conflict, NotFound, StorageError
+from webhookd.store.interface import Conflict, NotFound, StorageError
 
 log = logging.getLogger("webhookd.api")
 

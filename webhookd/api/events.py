@@ -38,7 +38,7 @@ from webhookd.api.validate import (
 from webhookd.config import EVENT_TYPE_RE, TENANT_RE
 from webhookd.ids import new_id
 from webhookd.store.codec import body_hash, decode_name_cursor, encode_name_cursor
-from webhookd.store.models import AmbiguousId, NewEvent, PublishResult
+from webhookd.store.interface import AmbiguousId, NewEvent, PublishResult
 from webhookd.timefmt import now_ms
 
 EVENT_ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
@@ -208,7 +208,7 @@ def _notify(st: State, results: list[PublishResult]) -> None:
     dispatcher = st.dispatcher
     if dispatcher is not None:
         for res in results:
-            dispatcher.notify_many(res.due)
+            dispatcher.due(res.due)
 
 
 def valid_event(body: Any, st: State, limited: Any, id_header: str | None) -> NewEvent | None:

@@ -8,7 +8,7 @@ import orjson
 
 from webhookd.config import Config
 from webhookd.signing import REDACTED
-from webhookd.store.models import (
+from webhookd.store.interface import (
     Attempt,
     Delivery,
     Endpoint,

@@ -816,8 +816,8 @@ class SQLiteStore:
 
     def write_stats(self) -> WriteStats | None:
         w = self.writer
-        if w is None:
-            return None
+        if w is None:  # closed: the same buckets, empty
+            return WriteStats(0, 0.0, 0.0, COMMIT_BUCKETS, (0,) * (len(COMMIT_BUCKETS) + 1))
         return WriteStats(w.commits, w.busy_s, w.commit_s, COMMIT_BUCKETS, tuple(w.commit_counts))
 
     # --- helpers --------------------------------------------------------------------
