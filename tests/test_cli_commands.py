@@ -131,6 +131,13 @@ def test_backup_refuses_what_it_cannot_copy(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert result.stderr == "webhookd backup: no database at ./webhookd.db\n"
     assert not (tmp_path / "webhookd.db").exists()  # not created by looking for it
+    sqlite3.connect(tmp_path / "webhookd.db").close()
+    result = run("backup", str(tmp_path / "missing" / "b.db"), cwd=tmp_path)
+    assert result.returncode == 1
+    assert (
+        result.stderr
+        == f"webhookd backup: cannot write in {tmp_path / 'missing'}: No such file or directory\n"
+    )
     for database in (
         "postgresql://webhookd:pw@127.0.0.1/webhookd",
         "host=127.0.0.1 dbname=webhookd password=pw",

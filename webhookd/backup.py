@@ -44,12 +44,19 @@ def backup(source: str, dest: str, *, force: bool = False) -> int:
         raise BackupError(f"{dest} is a directory; give the backup file's name")
     if target.exists() and not force:
         raise BackupError(f"{dest} exists; add --force to replace it")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent or ".")
-    # mkstemp creates the file with mode 0600 already; SQLite gives its journal the same.
+    try:
+        # mkstemp creates the file with mode 0600; SQLite gives its journal the same.
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise BackupError(f"cannot write in {target.parent}: {exc.strerror}") from None
     os.close(fd)
     try:
         _copy(source, tmp)
         os.replace(tmp, target)
+    except OSError as exc:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise BackupError(f"cannot write {dest}: {exc.strerror}") from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
