@@ -32,7 +32,18 @@ from typing import Any
 import pytest
 
 # Test modules whose store- and daemon-level tests run against both backends.
-PARAMETRIZED = frozenset({"test_pg_store", "test_store"})
+PARAMETRIZED = frozenset(
+    {
+        "test_api",
+        "test_endpoint_ops",
+        "test_fanout",
+        "test_health",
+        "test_opevents",
+        "test_pg_store",
+        "test_store",
+        "test_tenant_ids",
+    }
+)
 BACKENDS = ("sqlite", "postgres")
 TEMPLATE = "webhookd_template"
 SUPERUSER = "webhookd"

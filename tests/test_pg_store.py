@@ -348,3 +348,19 @@ async def test_open_store_opens_postgresql_for_a_dsn(pg_dsn: str) -> None:
         assert await store.write_problem() is None
     finally:
         await store.close()
+
+
+async def test_a_full_reload_keeps_changes_made_while_it_reads(pg_dsn: str) -> None:
+    # The view is read again whole at every (re)connection of the LISTEN connection; an
+    # endpoint created, changed or deleted meanwhile must keep its newer state.
+    async with opened(pg_dsn) as a:
+        doomed = await a.create_endpoint(EP)
+        made, *_ = await asyncio.gather(
+            asyncio.gather(*[a.create_endpoint(EP) for _ in range(200)]),
+            a.delete_endpoint(doomed.id),
+            *[a.reload_view() for _ in range(6)],
+        )
+        assert all(a.endpoint(ep.id) == ep for ep in made)
+        assert a.endpoint(doomed.id) is None
+        await a.reload_view()
+        assert len(a.endpoints()) == 200

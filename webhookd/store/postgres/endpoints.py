@@ -43,6 +43,15 @@ async def fetch_endpoint(conn: Conn, endpoint_id: str, *, lock: bool = False) ->
     return endpoint_from_row(row)
 
 
+async def find_endpoints(conn: Conn, endpoint_ids: list[str]) -> dict[str, Endpoint]:
+    """The endpoints with these ids that exist (not deleted)."""
+    cur = await conn.execute(
+        f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE id = ANY(%s) AND deleted_at IS NULL",
+        (endpoint_ids,),
+    )
+    return {r[0]: endpoint_from_row(r) for r in await cur.fetchall()}
+
+
 async def load_endpoints(conn: Conn) -> dict[str, Endpoint]:
     cur = await conn.execute(f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL")
     return {r[0]: endpoint_from_row(r) for r in await cur.fetchall()}

@@ -40,7 +40,7 @@ from webhookd.store.models import (
 from webhookd.store.postgres import endpoints as ep_sql
 from webhookd.store.postgres import publish as pub
 from webhookd.store.postgres import reads
-from webhookd.store.postgres.db import Database
+from webhookd.store.postgres.db import Conn, Database
 from webhookd.store.postgres.migrate import migrate
 from webhookd.store.postgres.notices import Notices
 from webhookd.store.postgres.rows import DELIVERY_COLS, delivery_from_row
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 # How long the readiness write may take before the check says no.
 PROBE_TIMEOUT_S = 2.0
+# How often a read of the catalog is tried again when this daemon changed it meanwhile.
+VIEW_READS = 5
 # A publish that lost a race on an event id to another daemon is run again this often.
 PUBLISH_TRIES = 3
 
@@ -68,6 +70,11 @@ class PostgresStore:
         self._endpoints: dict[str, Endpoint] = {}
         self._event_types: dict[str, EventType] = {}
         self._listener: DueListener | None = None
+        # Changes this daemon made to its view, counted, and the count at each
+        # endpoint's last one; changes to the catalog, counted (see reload_view).
+        self._view_changes = 0
+        self._touched: dict[str, int] = {}
+        self._catalog_changes = 0
         self.claims = Claims(self, lease_s, alive_s=3 * heartbeat_s)
         self._cluster = Cluster(self, heartbeat_s, alive_s=3 * heartbeat_s)
         self.notices = Notices(self)
@@ -134,31 +141,46 @@ class PostgresStore:
 
     async def reload_catalog(self) -> None:
         async with self.db.connection() as conn:
-            self._event_types = await ep_sql.load_event_types(conn)
+            await self._load_catalog(conn)
+
+    async def _load_catalog(self, conn: Conn) -> None:
+        # A type this daemon adds or removes while the catalog is read may be missing
+        # from what is read: then read it again.
+        for _ in range(VIEW_READS):
+            start = self._catalog_changes
+            types = await ep_sql.load_event_types(conn)
+            if self._catalog_changes == start:
+                self._event_types = types
+                return
 
     async def reload_view(self, endpoint_id: str | None = None) -> None:
         """Read the view again from the database: one endpoint, or (None) all of them and
-        the event-type catalog; tell the subscriber what changed."""
+        the event-type catalog; tell the subscriber what changed. An endpoint this
+        daemon changes while it is read keeps its newer state."""
+        start = self._view_changes
         async with self.db.connection() as conn:
             if endpoint_id is not None:
-                try:
-                    found: dict[str, Endpoint] = {
-                        endpoint_id: await ep_sql.fetch_endpoint(conn, endpoint_id)
-                    }
-                except NotFound:
-                    found = {}
-                    self._forget(endpoint_id)
+                found = await ep_sql.find_endpoints(conn, [endpoint_id])
+                ids = {endpoint_id}
             else:
                 found = await ep_sql.load_endpoints(conn)
-                for gone in set(self._endpoints) - set(found):
-                    self._forget(gone)
-            if endpoint_id is None:
-                self._event_types = await ep_sql.load_event_types(conn)
-        for ep in found.values():
-            if self._endpoints.get(ep.id) != ep:
-                self._endpoints[ep.id] = ep
+                ids = set(self._endpoints) | set(found)
+                await self._load_catalog(conn)
+        for eid in ids:
+            if self._touched.get(eid, -1) > start:
+                continue
+            ep = found.get(eid)
+            if ep is None:
+                self._forget(eid)
+            elif self._endpoints.get(eid) != ep:
+                self._endpoints[eid] = ep
                 if self._listener is not None:
-                    self._listener.endpoint_changed(ep.id)
+                    self._listener.endpoint_changed(eid)
+
+    def _touch(self, endpoint_id: str) -> None:
+        """Note a change this daemon made to its view (see reload_view)."""
+        self._view_changes += 1
+        self._touched[endpoint_id] = self._view_changes
 
     def _forget(self, endpoint_id: str) -> None:
         if self._endpoints.pop(endpoint_id, None) is not None and self._listener is not None:
@@ -167,9 +189,11 @@ class PostgresStore:
     def refresh_view(self, endpoint_id: str, **changes: Any) -> None:
         ep = self._endpoints.get(endpoint_id)
         if ep is not None:
+            self._touch(endpoint_id)
             self._endpoints[endpoint_id] = dataclasses.replace(ep, **changes)
 
     def _changed(self, ep: Endpoint) -> Endpoint:
+        self._touch(ep.id)
         self._endpoints[ep.id] = ep
         if self._listener is not None:
             self._listener.endpoint_changed(ep.id)
@@ -207,23 +231,21 @@ class PostgresStore:
         async with self.db.transaction() as conn:
             await ep_sql.sync_event_types(conn, declared, now)
             await ep_sql.notify_changed(conn, self.member.id)
-        async with self.db.connection() as conn:
-            self._event_types = await ep_sql.load_event_types(conn)
+        await self.reload_catalog()
 
     def has_event_type(self, name: str) -> bool:
         return name in self._event_types
 
     async def list_event_types(self) -> list[EventType]:
-        async with self.db.connection() as conn:
-            types = await ep_sql.load_event_types(conn)
-        self._event_types = types
-        return sorted(types.values(), key=lambda e: e.name)
+        await self.reload_catalog()
+        return sorted(self._event_types.values(), key=lambda e: e.name)
 
     async def create_event_type(self, name: str, description: str) -> EventType:
         et = EventType(name=name, description=description, source="api", created_at=now_ms())
         async with self.db.transaction() as conn:
             await ep_sql.create_event_type(conn, et)
             await ep_sql.notify_changed(conn, self.member.id)
+        self._catalog_changes += 1
         self._event_types[name] = et
         return et
 
@@ -231,6 +253,7 @@ class PostgresStore:
         async with self.db.transaction() as conn:
             await ep_sql.delete_event_type(conn, name)
             await ep_sql.notify_changed(conn, self.member.id)
+        self._catalog_changes += 1
         self._event_types.pop(name, None)
 
     # --- endpoints ---------------------------------------------------------------------
@@ -267,6 +290,7 @@ class PostgresStore:
         async with self.db.transaction() as conn:
             await ep_sql.delete_endpoint(conn, endpoint_id, now_ms())
             await ep_sql.notify_changed(conn, self.member.id, endpoint_id)
+        self._touch(endpoint_id)
         self._forget(endpoint_id)
 
     async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
