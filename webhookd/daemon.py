@@ -143,7 +143,6 @@ class Daemon:
         self.dispatcher = Dispatcher(
             self.store, self.client, self.config.delivery, on_outcome=on_outcome
         )
-        self.opevents.attach(self.dispatcher.due)
         self.state.dispatcher = self.dispatcher
         await self.dispatcher.start()
 

@@ -37,9 +37,10 @@ Rules:
   it subscribes to its own notice.
 - Ownership: the dispatcher's outcome callback is synchronous; it queues the event and
   makes sure the one named flush task owned here is running. The daemon drains it after
-  the dispatcher has stopped and before the store closes. Publishing that fails (the
-  store cannot write) is logged and dropped: these events are advisory, and the
-  delivery log remains the record.
+  the dispatcher has stopped and before the store closes. The store tells the
+  dispatcher what became due once a publish commits, as for any event. Publishing that
+  fails (the store cannot write) is logged and dropped: these events are advisory, and
+  the delivery log remains the record.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,8 +63,6 @@ PREFIX = "webhookd."
 ENDPOINT_DISABLED = "webhookd.endpoint.disabled"
 DELIVERY_FAILED = "webhookd.delivery.failed"
 DELIVERY_RECOVERED = "webhookd.delivery.recovered"
-
-Notify = Callable[[Iterable[tuple[str, int]]], None]
 
 
 @dataclass(frozen=True)
@@ -138,7 +137,6 @@ class OpEvents:
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._notify: Notify | None = None
         self._queue: list[_Pending] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -146,10 +144,6 @@ class OpEvents:
         # several open requests can each see the 410 before the first outcome is stored.
         self._announced: dict[str, int] = {}
         self.published = 0
-
-    def attach(self, notify: Notify) -> None:
-        """Where to report due deliveries of published events (the dispatcher)."""
-        self._notify = notify
 
     def on_outcome(self, claimed: Claimed, endpoint: Endpoint, outcome: Outcome) -> None:
         """The dispatcher's callback, after an outcome is stored. Never raises."""
@@ -209,9 +203,6 @@ class OpEvents:
                 )
                 continue
             self.published += len(results)
-            if self._notify is not None:
-                for res in results:
-                    self._notify(res.due)
             for ev in events:
                 log.info(
                     "operational event published",

@@ -54,8 +54,6 @@ async def retry(request: web.Request) -> web.Response:
     if not visible_to(request, d.tenant):
         raise NotFound(f"no delivery with id {delivery_id}")
     updated = await st.store.retry_delivery(delivery_id)
-    if st.dispatcher is not None and updated.next_attempt_at is not None:
-        st.dispatcher.due([(updated.endpoint_id, updated.next_attempt_at)])
     return json_response(serialize.delivery(updated), 202)
 
 

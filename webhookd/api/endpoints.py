@@ -616,10 +616,6 @@ async def patch(request: web.Request) -> web.Response:
         if "tenant" in fields and fields["tenant"] != ep.tenant:
             await _check_tenant_cap(st, fields["tenant"])
         updated = await st.store.update_endpoint(ep.id, fields) if fields else ep
-    if st.dispatcher is not None:
-        # Disabled too: the dispatcher looks at changed endpoints only, and a disabled
-        # one gives back what it claimed ahead.
-        st.dispatcher.endpoint_changed(updated.id)
     return json_response(serialize.endpoint(updated, st.config))
 
 
@@ -627,8 +623,6 @@ async def delete(request: web.Request) -> web.Response:
     ep = await visible(request)
     st = state(request)
     await st.store.delete_endpoint(ep.id)
-    if st.dispatcher is not None:
-        st.dispatcher.endpoint_deleted(ep.id)
     return web.Response(status=204)
 
 
@@ -704,8 +698,6 @@ async def send_test(request: web.Request) -> web.Response:
         only_endpoint=ep.id,
     )
     [res] = await st.store.publish([event])
-    if st.dispatcher is not None:
-        st.dispatcher.due(res.due)
     if not res.delivery_ids:
         raise NotFound(f"no endpoint with id {ep.id}")
     return json_response({"event_id": res.event.id, "delivery_id": res.delivery_ids[0]}, 202)
@@ -729,8 +721,6 @@ async def recover(request: web.Request) -> web.Response:
     problems.raise_if_any()
     assert since is not None
     count = await st.store.recover(ep.id, since, until)
-    if st.dispatcher is not None and count:
-        st.dispatcher.endpoint_changed(ep.id)
     return json_response({"requeued": count}, 202)
 
 

@@ -201,14 +201,10 @@ def _raise_too_large(request: web.Request, too_large: list[tuple[Any, int]]) -> 
         )
 
 
-def _notify(st: State, results: list[PublishResult]) -> None:
+def _count(st: State, results: list[PublishResult]) -> None:
     counter = st.extra.get("metrics")
     if counter is not None:
         counter.published(sum(1 for r in results if r.created))
-    dispatcher = st.dispatcher
-    if dispatcher is not None:
-        for res in results:
-            dispatcher.due(res.due)
 
 
 def valid_event(body: Any, st: State, limited: Any, id_header: str | None) -> NewEvent | None:
@@ -229,7 +225,7 @@ async def commit_one(st: State, ev: NewEvent) -> tuple[int, dict[str, Any]]:
     """Store one checked event: the answer's status (202 if new, 200 if it existed) and
     body."""
     [res] = await st.store.publish([ev])
-    _notify(st, [res])
+    _count(st, [res])
     return (202 if res.created else 200), serialize.publish_result(res)
 
 
@@ -262,7 +258,7 @@ async def publish_batch(request: web.Request) -> web.Response:
         checked = _check_batch(request, st, _batch_members(raw, st))
         del raw
     results = await st.store.publish(checked)
-    _notify(st, results)
+    _count(st, results)
     status = 202 if any(r.created for r in results) else 200
     return json_response({"data": [serialize.publish_result(r) for r in results]}, status)
 

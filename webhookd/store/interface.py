@@ -132,7 +132,7 @@ class DueListener(Protocol):
         """Deliveries a publish claimed for this daemon (see `Store.offer`): it owns them."""
 
     def endpoint_changed(self, endpoint_id: str) -> None:
-        """The endpoint's settings changed (or it was created): look at it again now."""
+        """The endpoint's settings or secret changed: look at it again now."""
 
     def endpoint_deleted(self, endpoint_id: str) -> None:
         """The endpoint is gone and its unfinished deliveries are cancelled."""
@@ -221,7 +221,8 @@ class Store(Protocol):
         """A page of endpoints, newest first; BadCursor for a cursor not handed out here."""
 
     async def create_endpoint(self, fields: Mapping[str, Any]) -> Endpoint:
-        """Store a new endpoint from validated API fields; the subscriber hears of it."""
+        """Store a new endpoint from validated API fields (the subscriber hears of it
+        with its first due delivery)."""
 
     async def update_endpoint(self, endpoint_id: str, changes: Mapping[str, Any]) -> Endpoint:
         """Apply validated field changes; deactivating makes its pending deliveries

@@ -160,6 +160,8 @@ def publish_merged(
     if delivery_rows:
         insert_rows(conn, INSERT_DELIVERIES, 10, delivery_rows)
     _count_repeats(conn, outputs)
+    # After the hand-over (registered above): what the dispatcher must claim itself.
+    store.tell_due([d for out in outputs if isinstance(out, list) for r in out for d in r.due])
     return outputs
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import sqlite3
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -326,10 +327,12 @@ class SQLiteStore:
 
         def job(conn: sqlite3.Connection) -> Endpoint:
             conn.execute(f"INSERT INTO endpoints({names}) VALUES ({marks})", tuple(cols.values()))
-            return self._fetch_endpoint(conn, cols["id"])
+            created = self._fetch_endpoint(conn, cols["id"])
+            # Nothing is pending for it yet: the subscriber hears of it with its first.
+            self.after_commit(functools.partial(self._put_endpoint, created, tell=False))
+            return created
 
         ep: Endpoint = await self._writer().run(job)
-        self._endpoints[ep.id] = ep
         return ep
 
     def _fetch_endpoint(self, conn: sqlite3.Connection, endpoint_id: str) -> Endpoint:
@@ -382,10 +385,12 @@ class SQLiteStore:
             )
             if before.active and cols.get("active") == 0:
                 self._skip_pending(conn, endpoint_id, now)
-            return self._fetch_endpoint(conn, endpoint_id)
+            updated = self._fetch_endpoint(conn, endpoint_id)
+            # Disabled too: a disabled endpoint gives back what was claimed ahead for it.
+            self.after_commit(functools.partial(self._put_endpoint, updated, tell=True))
+            return updated
 
         ep: Endpoint = await self._writer().run(job)
-        self._endpoints[ep.id] = ep
         return ep
 
     def _skip_pending(self, conn: sqlite3.Connection, endpoint_id: str, now: int) -> None:
@@ -411,9 +416,9 @@ class SQLiteStore:
                 "updated_at=? WHERE endpoint_id=? AND status IN ('pending','delivering')",
                 (now, endpoint_id),
             )
+            self.after_commit(functools.partial(self._drop_endpoint, endpoint_id))
 
         await self._writer().run(job)
-        self._endpoints.pop(endpoint_id, None)
 
     async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
         now = now_ms()
@@ -431,10 +436,11 @@ class SQLiteStore:
                 "UPDATE endpoints SET secret=?, previous_secrets=?, updated_at=? WHERE id=?",
                 (new_secret, orjson.dumps(keep).decode(), now, endpoint_id),
             )
-            return self._fetch_endpoint(conn, endpoint_id)
+            rotated = self._fetch_endpoint(conn, endpoint_id)
+            self.after_commit(functools.partial(self._put_endpoint, rotated, tell=True))
+            return rotated
 
         ep: Endpoint = await self._writer().run(job)
-        self._endpoints[ep.id] = ep
         return ep
 
     async def recover(self, endpoint_id: str, since: int, until: int | None) -> int:
@@ -450,6 +456,8 @@ class SQLiteStore:
                 "AND created_at<?",
                 (now, now, endpoint_id, since, until if until is not None else 2**62),
             )
+            if cur.rowcount:
+                self.tell_due([(endpoint_id, now)])
             return cur.rowcount
 
         count: int = await self._writer().run(job)
@@ -676,6 +684,7 @@ class SQLiteStore:
                 f"SELECT {DELIVERY_COLS} FROM deliveries WHERE id=?", (delivery_id,)
             ).fetchone()
             assert updated is not None
+            self.tell_due([(endpoint_id, now)])
             return delivery_from_row(updated)
 
         result: Delivery = await self._writer().run(job)
@@ -797,6 +806,35 @@ class SQLiteStore:
         self.offers.close(listener.handed_over)
         if self._listener is listener:
             self._listener = None
+
+    def after_commit(
+        self, callback: Callable[[], None], on_rollback: Callable[[], None] | None = None
+    ) -> None:
+        """From inside a job (the database thread): run `callback` on the event loop once
+        the job's transaction commits, or `on_rollback` if its work is undone."""
+        self._writer().after_commit(callback, on_rollback)
+
+    def tell_due(self, items: Sequence[tuple[str, int]]) -> None:
+        """From inside a job: once it commits, tell the subscriber that deliveries of these
+        endpoints are pending from these times on."""
+        if items:
+            self.after_commit(functools.partial(self._due, items))
+
+    def _due(self, items: Sequence[tuple[str, int]]) -> None:
+        if self._listener is not None:
+            self._listener.due(items)
+
+    def _put_endpoint(self, ep: Endpoint, *, tell: bool) -> None:
+        """After the commit that stored `ep`: this daemon's view, then the subscriber."""
+        self._endpoints[ep.id] = ep
+        if tell and self._listener is not None:
+            self._listener.endpoint_changed(ep.id)
+
+    def _drop_endpoint(self, endpoint_id: str) -> None:
+        """After the commit that deleted the endpoint."""
+        self._endpoints.pop(endpoint_id, None)
+        if self._listener is not None:
+            self._listener.endpoint_deleted(endpoint_id)
 
     def offer(self, endpoint_id: str, room: int) -> None:
         self.offers.set(endpoint_id, room)
