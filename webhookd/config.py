@@ -7,6 +7,7 @@ line turns them into exit code 78.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import math
 import os
@@ -99,6 +100,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """Several daemons on one PostgreSQL database (ignored on SQLite)."""
+
+    # How long a claim holds: a dead daemon's deliveries are pending again within this, and
+    # a daemon silent for about this long is taken for dead. Default delivery.timeout_s + 60.
+    lease_s: float = MAX_TIMEOUT_S + 60.0
+    heartbeat_s: float = 10.0
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:8080"
     database: str = "./webhookd.db"
@@ -110,6 +121,7 @@ class Config:
     retention: RetentionConfig = RetentionConfig()
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @property
     def listen_address(self) -> ListenAddress:
@@ -552,6 +564,9 @@ def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> 
         log=_read_section(top, "log", d.log, _read_log),
         metrics=_read_section(top, "metrics", d.metrics, _read_metrics),
     )
+    config = dataclasses.replace(
+        config, cluster=_read_section(top, "cluster", d.cluster, _cluster_reader(config))
+    )
     top.finish()
     if not problems and not config.api_keys and not config.listen_address.is_loopback:
         problems.append(
@@ -664,6 +679,42 @@ def _read_log(s: _Reader) -> LogConfig:
         level=s.get("level", "info", _choice("debug", "info", "warning", "error"), _LEVELS),
         format=s.get("format", "text", _choice("text", "json"), "text or json"),
     )
+
+
+# A claim's lease outlives the request it covers by at least this much: a lease that ends
+# while the request is still open lets another daemon send the same delivery in parallel.
+LEASE_MARGIN_S = 60.0
+MIN_LEASE_MARGIN_S = 5.0
+
+
+def _cluster_reader(config: Config) -> Callable[[_Reader], ClusterConfig]:
+    timeout_s = config.delivery.timeout_s
+
+    def read(s: _Reader) -> ClusterConfig:
+        floor_s = timeout_s + MIN_LEASE_MARGIN_S
+        lease_s = s.get(
+            "lease_s",
+            timeout_s + LEASE_MARGIN_S,
+            _number(floor_s, 86400),
+            f"a number of seconds {floor_s:g}-86400 (delivery.timeout_s + at least "
+            f"{MIN_LEASE_MARGIN_S:g})",
+        )
+        # Three beats fit in a lease: one or two missed (a slow database, a pause) do not
+        # make a live daemon look dead.
+        heartbeat_s = s.get(
+            "heartbeat_s",
+            ClusterConfig.heartbeat_s,
+            _number(0.1, 3600),
+            "a number of seconds 0.1-3600",
+        )
+        if heartbeat_s > lease_s / 3:
+            s.problems.append(
+                f"{s.key('heartbeat_s')}: expected at most a third of cluster.lease_s "
+                f"({lease_s / 3:g}), got {heartbeat_s:g}"
+            )
+        return ClusterConfig(lease_s=lease_s, heartbeat_s=heartbeat_s)
+
+    return read
 
 
 def _read_metrics(s: _Reader) -> MetricsConfig:
