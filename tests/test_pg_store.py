@@ -364,3 +364,21 @@ async def test_a_full_reload_keeps_changes_made_while_it_reads(pg_dsn: str) -> N
         assert a.endpoint(doomed.id) is None
         await a.reload_view()
         assert len(a.endpoints()) == 200
+
+
+async def test_views_catch_up_after_the_listen_connection_is_lost(pg_dsn: str) -> None:
+    import psycopg
+
+    async with opened(pg_dsn) as a, opened(pg_dsn) as b:
+        async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+            cur = await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+            )
+            assert len(await cur.fetchall()) == 2
+        # Made while a is not listening: its notification is lost, the reload finds it.
+        ep = await b.create_endpoint(EP)
+        await wait_until(lambda: a.endpoint(ep.id) == ep, 10, "a to see b's endpoint")
+        await wait_until(a.notices.connected.is_set, 10, "a to listen again")
+        up = await b.update_endpoint(ep.id, {"description": "after"})
+        await wait_until(lambda: a.endpoint(ep.id) == up, 10, "a to hear of the change")

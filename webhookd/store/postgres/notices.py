@@ -56,11 +56,16 @@ class Notices:
             try:
                 await self._listen()
             except (StorageError, psycopg.Error) as exc:
-                self.connected.clear()
                 log.warning(
                     "lost the notification connection; reconnecting",
                     extra={"event": "pg_listen_lost", "error": str(exc).strip()[:200]},
                 )
+            except Exception:
+                # A bug must not end this daemon's view of the others for good.
+                log.exception("notification handling failed", extra={"event": "pg_listen_bug"})
+            if self.connected.is_set():
+                delay_s = RECONNECT_FIRST_S  # it worked until now: try again soon
+            self.connected.clear()
             await asyncio.sleep(delay_s)
             delay_s = min(delay_s * 2, RECONNECT_MAX_S)
 
