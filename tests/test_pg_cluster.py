@@ -318,3 +318,36 @@ def test_cluster_config_errors_name_the_key(section: Any, problem: str) -> None:
     with pytest.raises(ConfigError) as err:
         config_from_mapping({"cluster": section})
     assert any(p.startswith(problem) for p in err.value.problems), err.value.problems
+
+
+async def test_the_listener_rescans_on_a_marker_polls_as_a_backstop_and_shrugs_off_garbage(
+    pg_dsn: str, fleet: Any
+) -> None:
+    (b,) = await fleet(1)
+    heard: list[tuple[str, int]] = []
+    listener = Listener(b.db, b.id, heard.extend, poll_s=0.3)
+    conn = await connect(pg_dsn)
+    async with conn:
+        await add_endpoint(conn, "ep_a")
+        await add_endpoint(conn, "ep_b")
+        listener.start()
+        try:
+            await wait_until(listener.connected.is_set, what="the listener connected")
+            # Unreadable notices are logged and ignored; the session stays up.
+            for payload in ("not json", '{"from": "x", "seq": "bad"}', "[1, 2]"):
+                await conn.execute("SELECT pg_notify(%s, %s)", (wakeups.WAKE_CHANNEL, payload))
+            # Pending work announced by nobody: the backstop poll finds it when it comes due
+            # within the poll's horizon.
+            await add_deliveries(conn, ["ep_a"], 1, due=now_ms() + 200)
+            await wait_until(lambda: heard, what="the backstop poll")
+            assert {e for e, _ in heard} == {"ep_a"}
+            heard.clear()
+            await add_deliveries(conn, ["ep_b"], 1, due=now_ms() + 3_600_000)
+            await conn.execute(
+                "SELECT pg_notify(%s, %s)", (wakeups.WAKE_CHANNEL, '{"from":"x","rescan":true}')
+            )
+            await wait_until(lambda: "ep_b" in {e for e, _ in heard}, what="the rescan")
+            assert {e for e, _ in heard} == {"ep_a", "ep_b"}
+            assert listener.connections == 1
+        finally:
+            await listener.stop()
