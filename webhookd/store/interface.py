@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from webhookd import __version__
 from webhookd.config import EventTypeDecl
 from webhookd.store.codec import BadCursor
+from webhookd.store.console import Chart, ChartBucket, DeliveryQuery
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
     DELIVERY_STATES,
@@ -61,10 +62,13 @@ __all__ = [
     "AmbiguousId",
     "Attempt",
     "BadCursor",
+    "Chart",
+    "ChartBucket",
     "Claimed",
     "Conflict",
     "DaemonInfo",
     "Delivery",
+    "DeliveryQuery",
     "DueListener",
     "Endpoint",
     "EndpointTLS",
@@ -326,3 +330,45 @@ class Store(Protocol):
 
     async def backlog(self, now: int) -> tuple[int, int | None]:
         """(pending deliveries, age in ms of the oldest one that is due, or None)."""
+
+    # --- the console (webhookd/console/; queries in webhookd/store/console.py) ----------
+
+    async def console_deliveries(
+        self, query: DeliveryQuery, *, cursor: str | None, limit: int
+    ) -> Page:
+        """A page of the delivery log, newest first, matching `query`. Bounded work: a page
+        walks at most SCAN_BUDGET entries of one index, so it may hold fewer than `limit`
+        rows and still have a next_cursor (more may match further back)."""
+
+    async def count_deliveries(self, query: DeliveryQuery) -> int:
+        """How many deliveries match `query` (exactly: for the console's previews)."""
+
+    async def requeue_deliveries(self, query: DeliveryQuery) -> int:
+        """The `failed` and `skipped` deliveries matching `query`, of endpoints that are
+        active, become pending, due now, with a fresh retry schedule (as recover does);
+        returns how many."""
+
+    async def attempt_chart(
+        self,
+        *,
+        endpoint_id: str | None,
+        tenant: Any,
+        since: int,
+        until: int,
+        bucket_ms: int,
+    ) -> Chart:
+        """Attempts started in [since, until), of one endpoint or all (within `tenant`)."""
+
+    async def change_marker(self) -> tuple[int, int]:
+        """Something that grows with every new delivery and every new attempt (for the
+        console's live updates: polled, compared, cheap)."""
+
+    async def console_key(self) -> bytes:
+        """The key that signs console sessions and portal links: made on first use, then
+        the same for every daemon of this database and across restarts."""
+
+    async def revoke_portal(self, tenant: str, at: int) -> None:
+        """Every portal link and session of `tenant` issued before `at` (ms) is void."""
+
+    async def portal_revoked_at(self, tenant: str) -> int | None:
+        """When the tenant's portal links were last revoked (ms), or None."""

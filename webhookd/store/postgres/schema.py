@@ -167,4 +167,22 @@ MIGRATIONS: list[str] = [
         written_at bigint NOT NULL
     );
     """,
+    # 2: the console (webhookd/store/postgres/console.py). The delivery log pages by
+    # tenant, by event type and by time window; charts read attempts by start time. The
+    # key that signs console sessions and portal links (shared by every daemon), and each
+    # tenant's last portal revocation.
+    """
+    CREATE INDEX deliveries_tenant ON deliveries (tenant, seq);
+    CREATE INDEX deliveries_type ON deliveries (event_type, seq);
+    CREATE INDEX deliveries_created ON deliveries (created_at);
+    CREATE INDEX attempts_started ON attempts (started_at);
+    CREATE TABLE console_settings (
+        name text PRIMARY KEY,
+        value bytea NOT NULL
+    );
+    CREATE TABLE portal_revocations (
+        tenant text PRIMARY KEY,
+        revoked_at bigint NOT NULL
+    );
+    """,
 ]

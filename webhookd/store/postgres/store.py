@@ -40,6 +40,7 @@ from webhookd.store.models import (
 from webhookd.store.postgres import endpoints as ep_sql
 from webhookd.store.postgres import publish as pub
 from webhookd.store.postgres import reads
+from webhookd.store.postgres.console import ConsoleQueries
 from webhookd.store.postgres.db import Conn, Database
 from webhookd.store.postgres.migrate import migrate
 from webhookd.store.postgres.notices import Notices
@@ -61,7 +62,7 @@ VIEW_READS = 5
 PUBLISH_TRIES = 3
 
 
-class PostgresStore:
+class PostgresStore(ConsoleQueries):
     def __init__(self, dsn: str, *, lease_s: float = 90.0, heartbeat_s: float = 10.0) -> None:
         """`dsn`: a libpq URI or key/value string. `lease_s`: how long a claim holds;
         `heartbeat_s`: how often this daemon says it is alive (3 missed: it is gone)."""

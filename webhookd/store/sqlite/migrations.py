@@ -186,4 +186,21 @@ MIGRATIONS: list[str] = [
         written_at INTEGER NOT NULL
     );
     """,
+    # 5: the console (webhookd/store/sqlite/console.py). The delivery log pages by tenant,
+    # by event type and by time window; charts read attempts by start time. The key that
+    # signs console sessions and portal links, and each tenant's last portal revocation.
+    """
+    CREATE INDEX deliveries_tenant ON deliveries(tenant, seq);
+    CREATE INDEX deliveries_type ON deliveries(event_type, seq);
+    CREATE INDEX deliveries_created ON deliveries(created_at);
+    CREATE INDEX attempts_started ON attempts(started_at);
+    CREATE TABLE console_settings (
+        name TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    );
+    CREATE TABLE portal_revocations (
+        tenant TEXT PRIMARY KEY,
+        revoked_at INTEGER NOT NULL
+    );
+    """,
 ]

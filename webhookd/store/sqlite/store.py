@@ -48,6 +48,7 @@ from webhookd.store.sqlite.batches import (
     publish_merged,
     record_merged,
 )
+from webhookd.store.sqlite.console import ConsoleQueries
 from webhookd.store.sqlite.handoff import Offers
 from webhookd.store.sqlite.migrations import MIGRATIONS
 from webhookd.store.sqlite.rows import (
@@ -96,7 +97,7 @@ __all__ = [
 ]
 
 
-class SQLiteStore:
+class SQLiteStore(ConsoleQueries):
     def __init__(self, path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         """`busy_timeout_ms`: how long a statement waits for another process's lock
         before it fails (tests set it low to see a locked database at once)."""
