@@ -191,7 +191,7 @@ async def opened(dsn: str) -> AsyncIterator[Any]:
     s = PostgresStore(dsn)
     await s.open()
     try:
-        await wait_until(s.notices.connected.is_set, 10, "the LISTEN connection")
+        await wait_until(s.listener.connected.is_set, 10, "the LISTEN connection")
         yield s
     finally:
         await s.close()
@@ -229,16 +229,19 @@ async def test_a_publish_on_one_daemon_is_due_on_the_others(pg_dsn: str) -> None
 async def test_one_notification_per_publish_never_per_row(pg_dsn: str) -> None:
     import psycopg
 
+    from webhookd.store.postgres.wakeups import WAKE_CHANNEL
+
     async with opened(pg_dsn) as a:
         for _ in range(3):
             await a.create_endpoint(EP)
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as listen:
-            await listen.execute("LISTEN webhookd_due")
+            await listen.execute(f"LISTEN {WAKE_CHANNEL}")
             await a.publish([new_event(i) for i in range(200)])  # 600 deliveries
             await a.publish([new_event(0)])
             await listen.execute("SELECT 1")
             notes = [n async for n in listen.notifies(timeout=0.5)]
-    assert len(notes) == 2
+    published = [n for n in notes if '"seq"' in n.payload]
+    assert len(published) == 2
 
 
 async def test_idempotency_holds_across_daemons(pg_dsn: str) -> None:
@@ -276,16 +279,16 @@ async def test_stores_opening_together_migrate_once(pg_empty_dsn: str) -> None:
         await asyncio.gather(*[s.close() for s in stores])
 
 
-async def test_claims_of_a_gone_daemon_are_requeued(pg_dsn: str) -> None:
+async def test_a_daemon_leaving_gives_its_claims_back(pg_dsn: str) -> None:
     async with opened(pg_dsn) as a:
         ep = await a.create_endpoint(EP)
         await a.publish([new_event(i) for i in range(3)])
         async with opened(pg_dsn) as b:
             claimed, _ = await b.claim({ep.id: 3}, now_ms())
             assert len(claimed) == 3
-            assert await a.requeue_interrupted() == 0  # b is alive
-        # b left without giving its claims back.
-        assert await a.requeue_interrupted() == 3
+            assert await a.requeue_interrupted() == 0  # b is alive: its claims stay
+            assert (await a.claim({ep.id: 3}, now_ms()))[0] == []
+        # b closed: what it had not attempted is pending again, for a.
         claimed, _ = await a.claim({ep.id: 3}, now_ms())
         assert len(claimed) == 3
 
@@ -371,14 +374,15 @@ async def test_views_catch_up_after_the_listen_connection_is_lost(pg_dsn: str) -
 
     async with opened(pg_dsn) as a, opened(pg_dsn) as b:
         async with await psycopg.AsyncConnection.connect(pg_dsn, autocommit=True) as admin:
+            pids = [a.listener.backend_pid, b.listener.backend_pid]
+            assert None not in pids
             cur = await admin.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND query LIKE 'LISTEN%%'"
+                "SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS p(pid)", (pids,)
             )
-            assert len(await cur.fetchall()) == 2
+            assert [r[0] for r in await cur.fetchall()] == [True, True]
         # Made while a is not listening: its notification is lost, the reload finds it.
         ep = await b.create_endpoint(EP)
         await wait_until(lambda: a.endpoint(ep.id) == ep, 10, "a to see b's endpoint")
-        await wait_until(a.notices.connected.is_set, 10, "a to listen again")
+        await wait_until(a.listener.connected.is_set, 10, "a to listen again")
         up = await b.update_endpoint(ep.id, {"description": "after"})
         await wait_until(lambda: a.endpoint(ep.id) == up, 10, "a to hear of the change")

@@ -3,8 +3,9 @@
 A few statements however large the batch: the caller-chosen ids looked up at once, row
 keys for the new events taken from their sequence in one round trip (so deliveries can
 refer to them), then the events and the deliveries each streamed with COPY. The
-transaction ends with one `pg_notify` on DUE_CHANNEL, per call and never per row (a
-NOTIFY takes a database-wide lock at commit).
+transaction ends with one notice to the other daemons (wakeups.notify_published: the
+range of the new events' seqs), per call and never per row (a NOTIFY takes a
+database-wide lock at commit).
 
 Idempotency holds across daemons through the unique index on (id, tenant): a repeat that
 races the original on another daemon fails on it, and the call is run again, when it
@@ -17,17 +18,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from webhookd.ids import new_id
 from webhookd.store.models import Conflict, Endpoint, Event, NewEvent, PublishResult
+from webhookd.store.postgres import wakeups
 from webhookd.store.postgres.db import Conn
 from webhookd.store.postgres.rows import EVENT_COLS, event_from_row
 
-# Payload: "<daemon id> <JSON [[endpoint id, due ms], ...]>", or "<daemon id> " when
-# that would not fit in a notification (8000 bytes): then every endpoint is looked at.
-DUE_CHANNEL = "webhookd_due"
-_MAX_NOTICE_BYTES = 7000
 EVENTS_ID_INDEX = "events_id"
 
 FanOut = Callable[[NewEvent], Iterable[Endpoint]]
@@ -70,21 +66,8 @@ async def publish(
                 for row in staged.delivery_rows:
                     await copy.write_row(row)
     await _count_repeats(conn, staged)
-    due = [d for r in staged.results for d in r.due]
-    if due:
-        await conn.execute("SELECT pg_notify(%s, %s)", (DUE_CHANNEL, due_notice(member_id, due)))
+    await wakeups.notify_published(conn, member_id, [r.event.seq for r in staged.results if r.due])
     return staged.results
-
-
-def due_notice(member_id: str, due: Sequence[tuple[str, int]]) -> str:
-    earliest: dict[str, int] = {}
-    for endpoint_id, at in due:
-        if endpoint_id not in earliest or at < earliest[endpoint_id]:
-            earliest[endpoint_id] = at
-    body = orjson.dumps(list(earliest.items())).decode()
-    if len(body) > _MAX_NOTICE_BYTES:
-        body = ""
-    return f"{member_id} {body}"
 
 
 async def _existing_events(conn: Conn, events: Sequence[NewEvent]) -> _Existing:

@@ -5,17 +5,21 @@ its own transaction runs as is, a change of several statements runs in `transact
 Every read the API makes of what a caller asked for goes to the database, so any daemon
 answers with what is committed. The endpoints and the event-type catalog are also kept in
 memory (this daemon's view, for the publish fan-out and the dispatcher's hot path):
-loaded at open, updated after each change this daemon commits, and reloaded when another
-daemon's change is announced on LISTEN (webhookd/store/postgres/notices.py).
+loaded at open, updated after each change this daemon commits, reloaded when another
+daemon's change is announced on the endpoints channel, and whole again after every
+(re)connection of the LISTEN connection.
 
-Claims, outcomes and the daemons table live in webhookd/store/postgres/single.py until
-claims.py and cluster.py replace it (see PLUG-IN POINT there and below).
+The dispatcher's side is delegated: claims.py (claims within every limit over all
+daemons, releases), outcomes.py (the fenced, group-committed outcome writer),
+cluster.py (heartbeat, reaper, the listing) and wakeups.py (the LISTEN connection and
+the notices that wake the other daemons).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -39,20 +43,20 @@ from webhookd.store.models import (
 )
 from webhookd.store.postgres import endpoints as ep_sql
 from webhookd.store.postgres import publish as pub
-from webhookd.store.postgres import reads
+from webhookd.store.postgres import reads, wakeups
+from webhookd.store.postgres.claims import Claims
+from webhookd.store.postgres.cluster import Cluster
 from webhookd.store.postgres.console import ConsoleQueries
 from webhookd.store.postgres.db import Conn, Database
 from webhookd.store.postgres.migrate import migrate
-from webhookd.store.postgres.notices import Notices
+from webhookd.store.postgres.outcomes import Outcomes
 from webhookd.store.postgres.rows import DELIVERY_COLS, delivery_from_row
-
-# PLUG-IN POINT: claims.py and cluster.py (claims with slots and fencing, heartbeat and
-# reaper, wake-ups across daemons) replace these two single-daemon versions.
-from webhookd.store.postgres.single import Claims, Cluster
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
     from webhookd.store.interface import Store
+
+log = logging.getLogger("webhookd.store")
 
 # How long the readiness write may take before the check says no.
 PROBE_TIMEOUT_S = 2.0
@@ -63,9 +67,17 @@ PUBLISH_TRIES = 3
 
 
 class PostgresStore(ConsoleQueries):
-    def __init__(self, dsn: str, *, lease_s: float = 90.0, heartbeat_s: float = 10.0) -> None:
-        """`dsn`: a libpq URI or key/value string. `lease_s`: how long a claim holds;
-        `heartbeat_s`: how often this daemon says it is alive (3 missed: it is gone)."""
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        lease_s: float = 90.0,
+        heartbeat_s: float = 10.0,
+        default_limit: int = 10,
+    ) -> None:
+        """`dsn`: a libpq URI or key/value string. `lease_s`: how long a claim holds (a
+        dead daemon's claims are pending again within it); `heartbeat_s`: how often this
+        daemon says it is alive; `default_limit`: max_in_flight of endpoints without one."""
         self.db = Database(dsn)
         self.member = Member.this_process()
         self._endpoints: dict[str, Endpoint] = {}
@@ -76,9 +88,19 @@ class PostgresStore(ConsoleQueries):
         self._view_changes = 0
         self._touched: dict[str, int] = {}
         self._catalog_changes = 0
-        self.claims = Claims(self, lease_s, alive_s=3 * heartbeat_s)
-        self._cluster = Cluster(self, heartbeat_s, alive_s=3 * heartbeat_s)
-        self.notices = Notices(self)
+        m = self.member
+        self.claims = Claims(self.db, m.id, lease_s=lease_s, default_limit=default_limit)
+        self.outcomes = Outcomes(self.db, m.id, on_health=self._health_changed)
+        self._cluster = Cluster(
+            self.db, m, lease_s=lease_s, heartbeat_s=heartbeat_s, on_reaped=self.tell_due
+        )
+        self.listener = wakeups.Listener(
+            self.db,
+            m.id,
+            self.tell_due,
+            channels={ep_sql.ENDPOINTS_CHANNEL: self._endpoint_notice},
+            on_connected=self.reload_view,
+        )
         self._probe: asyncio.Task[str | None] | None = None
 
     # --- lifecycle and the daemon ----------------------------------------------------
@@ -92,19 +114,35 @@ class PostgresStore(ConsoleQueries):
             await self.reload_view()
             await self._cluster.start()
         except BaseException:
+            await self._cluster.stop()
             await self.db.close()
             raise
-        self.notices.start()
+        self.outcomes.start()
+        self.listener.start()
 
     async def close(self) -> None:
-        await self.notices.stop()
-        await self._cluster.stop()
+        """Write the queued outcomes, give back this daemon's remaining claims and leave
+        the cluster, then close every connection."""
+        await self.listener.stop()
+        await self.outcomes.close()
+        try:
+            await self._cluster.leave()
+        except StorageError as exc:
+            # The reaper of another daemon (or this one's next start) gives them back.
+            log.warning(
+                "could not give back this daemon's claims on leaving",
+                extra={"event": "leave_failed", "error": str(exc)},
+            )
         if self._probe is not None and not self._probe.done():
             self._probe.cancel()
         await self.db.close()
 
     def join(self, member: Member, in_flight: Callable[[], int]) -> None:
         self.member = member
+        self.claims.member_id = member.id
+        self.outcomes.member_id = member.id
+        self.listener.member_id = member.id
+        self._cluster.member = member
         self._cluster.in_flight = in_flight
 
     async def cluster(self) -> list[DaemonInfo]:
@@ -205,12 +243,19 @@ class PostgresStore(ConsoleQueries):
         if items and self._listener is not None:
             self._listener.due(items)
 
-    async def rescan_due(self) -> None:
-        """Have the subscriber look at every endpoint with something pending."""
-        if self._listener is None:
-            return
-        due = await self.next_due([e.id for e in self._endpoints.values() if e.active])
-        self.tell_due((e, at) for e, at in due.items() if at is not None)
+    async def _endpoint_notice(self, payload: str) -> None:
+        """Another daemon changed an endpoint ("<daemon> <endpoint id>") or the event-type
+        catalog ("<daemon> ")."""
+        sender, _, endpoint_id = payload.partition(" ")
+        if sender == self.member.id:
+            return  # this daemon's own change: its view has it already
+        if endpoint_id:
+            await self.reload_view(endpoint_id)
+        else:
+            await self.reload_catalog()
+
+    def _health_changed(self, endpoint_id: str, changes: dict[str, Any]) -> None:
+        self.refresh_view(endpoint_id, **changes)
 
     def subscribe(self, listener: DueListener) -> None:
         self._listener = listener
@@ -305,10 +350,7 @@ class PostgresStore(ConsoleQueries):
         async with self.db.transaction() as conn:
             count = await ep_sql.recover(conn, endpoint_id, since, until, now)
             if count:
-                await conn.execute(
-                    "SELECT pg_notify(%s, %s)",
-                    (pub.DUE_CHANNEL, pub.due_notice(self.member.id, [(endpoint_id, now)])),
-                )
+                await wakeups.notify_due(conn, self.member.id, [(endpoint_id, now)])
         if count:
             self.tell_due([(endpoint_id, now)])
         return count
@@ -420,20 +462,26 @@ class PostgresStore(ConsoleQueries):
             )
             updated = await cur.fetchone()
             assert updated is not None
-            await conn.execute(
-                "SELECT pg_notify(%s, %s)",
-                (pub.DUE_CHANNEL, pub.due_notice(self.member.id, [(row[1], now)])),
-            )
+            await wakeups.notify_due(conn, self.member.id, [(row[1], now)])
         self.tell_due([(row[1], now)])
         return delivery_from_row(updated)
 
-    # --- the dispatcher's side (delegated: see PLUG-IN POINT) --------------------------
+    # --- the dispatcher's side (delegated to claims.py and outcomes.py) ------------------
 
     async def requeue_interrupted(self) -> int:
-        return await self.claims.requeue_interrupted()
+        """This daemon's claims (none at startup), and those whose lease ran out or whose
+        daemon is dead (the reaper's work, which also runs every few seconds), become due
+        now; another live daemon's are kept."""
+        now = now_ms()
+        async with self.db.transaction() as conn:
+            cur = await conn.execute(_REQUEUE_MINE, {"now": now, "me": self.member.id})
+            mine = [(r[0], now) for r in await cur.fetchall()]
+            await wakeups.notify_due(conn, self.member.id, mine)
+        self.tell_due(mine)
+        return len(mine) + await self._cluster.reap()
 
     async def next_due(self, endpoint_ids: Iterable[str]) -> dict[str, int | None]:
-        return await self.claims.next_due(list(endpoint_ids))
+        return await self.claims.next_due(endpoint_ids)
 
     async def claim(
         self, wants: Mapping[str, int], now: int
@@ -441,7 +489,7 @@ class PostgresStore(ConsoleQueries):
         return await self.claims.claim(wants, now)
 
     async def record(self, outcome: Outcome) -> None:
-        await self.claims.record(outcome)
+        await self.outcomes.record(outcome)
 
     async def release(self, claimed: Sequence[Claimed], status: str = "pending") -> None:
         await self.claims.release(claimed, status)
@@ -469,6 +517,11 @@ class PostgresStore(ConsoleQueries):
             return await reads.backlog(conn, active, now)
 
 
+_REQUEUE_MINE = (
+    "UPDATE deliveries SET status = 'pending', next_attempt_at = %(now)s, slot = NULL, "
+    "lease_owner = NULL, lease_token = NULL, lease_until = NULL, updated_at = %(now)s "
+    "WHERE status = 'delivering' AND lease_owner = %(me)s RETURNING endpoint_id"
+)
 # Retention deletes in batches this size: a batch's locks are held for milliseconds.
 PURGE_BATCH = 5000
 _PURGE = (
