@@ -54,3 +54,23 @@ async def test_two_daemons_share_endpoints_events_and_idempotency(
         for d in daemons:
             await d.stop()
             await d.close()
+
+
+async def test_database_env_and_no_password_in_the_log(
+    tmp_path: Path, pg_dsn: str, receiver: Receiver
+) -> None:
+    # The test cluster trusts local connections, so the password is carried, not checked.
+    dsn = pg_dsn.replace("postgresql://webhookd@", "postgresql://webhookd:pw-s3cret-9@")
+    d = Daemon(tmp_path, {"database_env": "WEBHOOKD_TEST_DSN"}, env={"WEBHOOKD_TEST_DSN": dsn})
+    d.config.pop("database")
+    try:
+        await d.start()
+        ep = await d.endpoint(receiver.url)
+        await d.publish()
+        await receiver.wait_for(1)
+        assert (await d.get(f"/v1/endpoints/{ep['id']}")).status == 200
+        await d.stop()
+        log = d.log_text()
+        assert "postgresql://webhookd:***@" in log and "pw-s3cret-9" not in log
+    finally:
+        await d.close()

@@ -107,7 +107,7 @@ class Daemon:
                 "event": "startup",
                 "version": __version__,
                 "listen": ",".join(self.bound),
-                "database": cfg.database,
+                "database": cfg.database_shown,  # a DSN password is not logged
                 "endpoints": len(list(self.store.endpoints())),
                 "event_types": len(await self.store.list_event_types()),
                 "api_keys": len(cfg.api_keys),
