@@ -170,7 +170,10 @@ def stop_cluster(cluster: Cluster) -> None:
 def _admin(cluster: Cluster, *statements: str) -> None:
     import psycopg
 
-    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+    # Bounded, so that a stuck statement fails the test with its text instead of running
+    # into the test timeout.
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True, connect_timeout=10) as conn:
+        conn.execute("SET statement_timeout = '60s'")
         for statement in statements:
             conn.execute(statement.encode())
 
