@@ -260,7 +260,7 @@ def _stage(
         )
         ids: list[str] = []
         pending: list[tuple[Endpoint, int, list[Any]]] = []
-        for ep in store._fan_out(ev):
+        for ep in store.fan_out(ev):
             delivery_id = new_id("dlv")
             ids.append(delivery_id)
             due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)
@@ -309,7 +309,7 @@ def _after_hand_over(store: SQLiteStore, handed: list[Claimed]) -> None:
         # Else the dispatcher stopped meanwhile: the deliveries stay `delivering` and are
         # requeued at the next start, as after a crash.
 
-    store._writer().after_commit(committed, on_rollback=lambda: offers.settle(counts))
+    store.after_commit(committed, on_rollback=lambda: offers.settle(counts))
 
 
 def record_merged(conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Outcome]]) -> list[Any]:
@@ -350,11 +350,18 @@ def record_merged(conn: sqlite3.Connection, items: list[tuple[SQLiteStore, Outco
     return [None] * len(items)
 
 
+def skip_pending(conn: sqlite3.Connection, endpoint_id: str, now: int) -> None:
+    """The endpoint's pending deliveries become `skipped` (it was disabled)."""
+    conn.execute(
+        "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, manual=0, "
+        "updated_at=? WHERE endpoint_id=? AND status='pending'",
+        (now, endpoint_id),
+    )
+
+
 def _refresh_later(store: SQLiteStore, endpoint_id: str, **changes: Any) -> None:
     """The endpoint cache changes on the event loop, once the transaction has committed."""
-    store._writer().after_commit(
-        functools.partial(store.refresh_endpoint_health, endpoint_id, **changes)
-    )
+    store.after_commit(functools.partial(store.refresh_endpoint_health, endpoint_id, **changes))
 
 
 def endpoint_health(
@@ -378,7 +385,7 @@ def endpoint_health(
                 "UPDATE endpoints SET failing_since=COALESCE(failing_since, ?) WHERE id=?",
                 (o.attempt.started_at, endpoint_id),
             )
-            ep = store._endpoints.get(endpoint_id)
+            ep = store.endpoint(endpoint_id)
             if ep is not None and ep.failing_since is None:
                 _refresh_later(store, endpoint_id, failing_since=o.attempt.started_at)
     for endpoint_id, reason in disable.items():
@@ -392,5 +399,5 @@ def endpoint_health(
                 "endpoint disabled",
                 extra={"event": "endpoint_disabled", "endpoint_id": endpoint_id, "reason": reason},
             )
-        store._skip_pending(conn, endpoint_id, now)
+        skip_pending(conn, endpoint_id, now)
         _refresh_later(store, endpoint_id, active=False, disabled_reason=reason)

@@ -8,24 +8,7 @@ from typing import Any
 import orjson
 
 from webhookd.signing import SignatureSpec
-from webhookd.store.codec import (
-    BadCursor,
-    body_hash,
-    decode_cursor,
-    decode_name_cursor,
-    encode_cursor,
-    encode_name_cursor,
-)
 from webhookd.store.models import Delivery, Endpoint, EndpointTLS, PreviousSecret
-
-__all__ = [
-    "BadCursor",
-    "body_hash",
-    "decode_cursor",
-    "decode_name_cursor",
-    "encode_cursor",
-    "encode_name_cursor",
-]
 
 DELIVERY_COLS = (
     "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "

@@ -23,7 +23,7 @@ import orjson
 
 from webhookd.config import EventTypeDecl
 from webhookd.ids import new_id
-from webhookd.matching import subscribed
+from webhookd.store.codec import decode_cursor, encode_cursor
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
@@ -47,6 +47,7 @@ from webhookd.store.sqlite.batches import (
     claim_select,
     publish_merged,
     record_merged,
+    skip_pending,
 )
 from webhookd.store.sqlite.console import ConsoleQueries
 from webhookd.store.sqlite.handoff import Offers
@@ -54,17 +55,12 @@ from webhookd.store.sqlite.migrations import MIGRATIONS
 from webhookd.store.sqlite.rows import (
     DELIVERY_COLS,
     ENDPOINT_COLS,
-    BadCursor,
-    body_hash,
-    decode_cursor,
-    decode_name_cursor,
     delivery_from_row,
-    encode_cursor,
-    encode_name_cursor,
     endpoint_columns,
     endpoint_from_row,
     window,
 )
+from webhookd.store.sqlite.view import HEALTH_FIELDS, EndpointView
 from webhookd.store.sqlite.writer import COMMIT_BUCKETS, Writer
 from webhookd.timefmt import now_ms
 
@@ -86,15 +82,7 @@ _PRAGMAS = (
 if TYPE_CHECKING:
     from webhookd.store.interface import Store
 
-__all__ = [
-    "BadCursor",
-    "SQLiteStore",
-    "body_hash",
-    "decode_cursor",
-    "decode_name_cursor",
-    "encode_cursor",
-    "encode_name_cursor",
-]
+__all__ = ["BUSY_TIMEOUT_MS", "SQLiteStore"]
 
 
 class SQLiteStore(ConsoleQueries):
@@ -105,7 +93,8 @@ class SQLiteStore(ConsoleQueries):
         self.busy_timeout_ms = busy_timeout_ms
         self._r: aiosqlite.Connection | None = None
         self.writer: Writer | None = None
-        self._endpoints: dict[str, Endpoint] = {}
+        # This daemon's endpoints (shared with the database thread: see the package docstring).
+        self._view = EndpointView()
         self._event_types: dict[str, EventType] = {}
         # Free slots the dispatcher offers to publishing (see store/handoff.py).
         self.offers = Offers()
@@ -215,7 +204,7 @@ class SQLiteStore(ConsoleQueries):
         async with self._read.execute(
             f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL"
         ) as cur:
-            self._endpoints = {r[0]: endpoint_from_row(r) for r in await cur.fetchall()}
+            self._view.replace_all(endpoint_from_row(r) for r in await cur.fetchall())
         async with self._read.execute(
             "SELECT name, description, source, created_at FROM event_types"
         ) as cur:
@@ -346,14 +335,14 @@ class SQLiteStore(ConsoleQueries):
         return endpoint_from_row(row)
 
     def endpoint(self, endpoint_id: str) -> Endpoint | None:
-        return self._endpoints.get(endpoint_id)
+        return self._view.get(endpoint_id)
 
     def endpoints(self) -> list[Endpoint]:
-        return list(self._endpoints.values())
+        return self._view.values()
 
     async def get_endpoint(self, endpoint_id: str) -> Endpoint:
         # One daemon owns this database: its view is what is stored.
-        ep = self._endpoints.get(endpoint_id)
+        ep = self._view.get(endpoint_id)
         if ep is None:
             raise NotFound(f"no endpoint with id {endpoint_id}")
         return ep
@@ -385,7 +374,7 @@ class SQLiteStore(ConsoleQueries):
                 (*cols.values(), endpoint_id),
             )
             if before.active and cols.get("active") == 0:
-                self._skip_pending(conn, endpoint_id, now)
+                skip_pending(conn, endpoint_id, now)
             updated = self._fetch_endpoint(conn, endpoint_id)
             # Disabled too: a disabled endpoint gives back what was claimed ahead for it.
             self.after_commit(functools.partial(self._put_endpoint, updated, tell=True))
@@ -393,13 +382,6 @@ class SQLiteStore(ConsoleQueries):
 
         ep: Endpoint = await self._writer().run(job)
         return ep
-
-    def _skip_pending(self, conn: sqlite3.Connection, endpoint_id: str, now: int) -> None:
-        conn.execute(
-            "UPDATE deliveries SET status='skipped', next_attempt_at=NULL, manual=0, "
-            "updated_at=? WHERE endpoint_id=? AND status='pending'",
-            (now, endpoint_id),
-        )
 
     async def delete_endpoint(self, endpoint_id: str) -> None:
         now = now_ms()
@@ -507,7 +489,7 @@ class SQLiteStore(ConsoleQueries):
             row = await cur.fetchone()
         pending = int(row[0]) if row else 0
         # Per endpoint through the claim index: O(endpoints), not O(backlog).
-        active = [e.id for e in list(self._endpoints.values()) if e.active]
+        active = [e.id for e in self._view.values() if e.active]
         due = [d for d in (await self.next_due(active)).values() if d is not None and d <= now]
         oldest = min(due) if due else None
         return pending, (now - oldest) if oldest is not None else None
@@ -523,16 +505,9 @@ class SQLiteStore(ConsoleQueries):
         )
         return result
 
-    def _fan_out(self, ev: NewEvent) -> list[Endpoint]:
-        if ev.only_endpoint is not None:
-            ep = self._endpoints.get(ev.only_endpoint)
-            return [ep] if ep else []
-        return [
-            ep
-            # A snapshot: this runs in the database thread while the loop may add endpoints.
-            for ep in list(self._endpoints.values())
-            if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
-        ]
+    def fan_out(self, ev: NewEvent) -> list[Endpoint]:
+        """The endpoints `ev` goes to (in the database thread, for batches.py)."""
+        return self._view.fan_out(ev)
 
     async def get_event(self, event_id: str, tenant: Any = ...) -> tuple[Event, list[Delivery]]:
         """The event with this id in `tenant` (None: the events without one), with its
@@ -665,7 +640,7 @@ class SQLiteStore(ConsoleQueries):
             if row is None:
                 raise NotFound(f"no delivery with id {delivery_id}")
             status, endpoint_id = row
-            ep = self._endpoints.get(endpoint_id)
+            ep = self._view.get(endpoint_id)
             if ep is None:
                 raise Conflict("the endpoint of this delivery was deleted; it cannot be retried")
             if not ep.active:
@@ -761,7 +736,7 @@ class SQLiteStore(ConsoleQueries):
     def _claim_job(
         self, conn: sqlite3.Connection, wants: Mapping[str, int], now: int
     ) -> tuple[list[Claimed], dict[str, int | None]]:
-        ordered = {e for e in wants if (ep := self._endpoints.get(e)) is not None and ep.ordered}
+        ordered = {e for e in wants if (ep := self._view.get(e)) is not None and ep.ordered}
         parts: list[str] = []
         args: list[Any] = []
         for endpoint_id, n in wants.items():
@@ -789,10 +764,12 @@ class SQLiteStore(ConsoleQueries):
         await self._writer().run_merged(record_merged, (self, outcome))
 
     def refresh_endpoint_health(self, endpoint_id: str, **changes: Any) -> None:
-        ep = self._endpoints.get(endpoint_id)
+        """On the event loop: this daemon's view of an endpoint's health (and disabling)."""
+        ep = self._view.get(endpoint_id)
         if ep is None:
             return
-        self._endpoints[endpoint_id] = dataclasses.replace(ep, **changes)
+        health_only = changes.keys() <= HEALTH_FIELDS
+        self._view.put(dataclasses.replace(ep, **changes), health_only=health_only)
 
     def disable_in_view(self, endpoint_id: str, reason: str) -> None:
         self.refresh_endpoint_health(endpoint_id, active=False, disabled_reason=reason)
@@ -827,13 +804,13 @@ class SQLiteStore(ConsoleQueries):
 
     def _put_endpoint(self, ep: Endpoint, *, tell: bool) -> None:
         """After the commit that stored `ep`: this daemon's view, then the subscriber."""
-        self._endpoints[ep.id] = ep
+        self._view.put(ep)
         if tell and self._listener is not None:
             self._listener.endpoint_changed(ep.id)
 
     def _drop_endpoint(self, endpoint_id: str) -> None:
         """After the commit that deleted the endpoint."""
-        self._endpoints.pop(endpoint_id, None)
+        self._view.drop(endpoint_id)
         if self._listener is not None:
             self._listener.endpoint_deleted(endpoint_id)
 

@@ -121,6 +121,8 @@ class Writer:
     ) -> None:
         """From inside a job: run `callback` on the event loop once this batch commits, or
         `on_rollback` if this job's work is rolled back instead."""
+        # The transaction's callback lists belong to the database thread.
+        assert threading.current_thread() is self._thread, "after_commit outside a job"
         self._after.append((callback, on_rollback))
 
     async def _submit(self, job: _Job) -> Any:
