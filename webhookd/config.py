@@ -100,6 +100,16 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The operator console and tenant portal (webhookd/console/)."""
+
+    enabled: bool = True
+    # Origins that may embed the tenant portal in a frame (CSP frame-ancestors).
+    frame_ancestors: tuple[str, ...] = ()
+    session_ttl_s: float = 43200.0
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     """Several daemons on one PostgreSQL database (ignored on SQLite)."""
 
@@ -122,6 +132,7 @@ class Config:
     log: LogConfig = LogConfig()
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = ClusterConfig()
+    console: ConsoleConfig = ConsoleConfig()
 
     @property
     def listen_address(self) -> ListenAddress:
@@ -563,6 +574,7 @@ def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> 
         retention=_read_section(top, "retention", d.retention, _read_retention),
         log=_read_section(top, "log", d.log, _read_log),
         metrics=_read_section(top, "metrics", d.metrics, _read_metrics),
+        console=_read_section(top, "console", d.console, _read_console),
     )
     config = dataclasses.replace(
         config, cluster=_read_section(top, "cluster", d.cluster, _cluster_reader(config))
@@ -715,6 +727,33 @@ def _cluster_reader(config: Config) -> Callable[[_Reader], ClusterConfig]:
         return ClusterConfig(lease_s=lease_s, heartbeat_s=heartbeat_s)
 
     return read
+
+
+_ORIGIN_RE = re.compile(
+    r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?$"
+)
+
+
+def _origins(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(o, str) for o in raw):
+        raise TypeError
+    for origin in raw:
+        if not _ORIGIN_RE.fullmatch(origin):
+            raise ValueError(f"{origin!r} is not an origin such as https://app.example.com")
+    return tuple(raw)
+
+
+def _read_console(s: _Reader) -> ConsoleConfig:
+    d = ConsoleConfig()
+    return ConsoleConfig(
+        enabled=s.get("enabled", d.enabled, _boolean, "true or false"),
+        frame_ancestors=s.get(
+            "frame_ancestors", d.frame_ancestors, _origins, "a list of origins (scheme://host)"
+        ),
+        session_ttl_s=s.get(
+            "session_ttl_s", d.session_ttl_s, _number(60, 604800), "a number of seconds 60-604800"
+        ),
+    )
 
 
 def _read_metrics(s: _Reader) -> MetricsConfig:
