@@ -10,12 +10,13 @@ import hmac
 from aiohttp import web
 
 from webhookd import metrics
-from webhookd.api import connections, deliveries, endpoints, events, openapi, ops
+from webhookd.api import connections, deliveries, endpoints, events, openapi, ops, portal_links
 from webhookd.api.context import API_KEY, STATE, State
 from webhookd.api.errors import ApiError, Handler, error_for
 from webhookd.config import ApiKey, Config
 
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json"})
+CONSOLE_PATHS = ("/console", "/portal")
 
 
 def authenticate(request: web.Request) -> None:
@@ -26,6 +27,8 @@ def authenticate(request: web.Request) -> None:
     path = request.path
     if path in PUBLIC_PATHS or (path == "/metrics" and not config.metrics.require_auth):
         return
+    if path.startswith(CONSOLE_PATHS):
+        return  # the console's pages check their own sessions (webhookd.console.pages)
     request[API_KEY] = find_key(config, request.headers.get("Authorization", ""))
 
 
@@ -80,4 +83,8 @@ def create_app(state: State) -> web.Application:
     app.add_routes(events.routes())
     app.add_routes(endpoints.routes())
     app.add_routes(deliveries.routes())
+    app.add_routes(portal_links.routes())
+    from webhookd import console  # it builds on the API's modules
+
+    console.install(app)
     return app

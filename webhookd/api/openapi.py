@@ -23,6 +23,7 @@ from webhookd.api.openapi_text import (
 from webhookd.api.openapi_text import (
     SCHEMAS as SCHEMA_TEXT,
 )
+from webhookd.console.security import CAPABILITIES as PORTAL_CAPABILITIES
 from webhookd.formats import FORMATS
 from webhookd.signing import SCHEMES
 from webhookd.store.models import DELIVERY_STATES
@@ -273,6 +274,19 @@ SCHEMAS: J = {
             "reason": {"type": "string", "description": "Why storage cannot write"},
         },
     ),
+    "Cluster": obj(["daemons"], {"daemons": {"type": "array", "items": ref("Daemon")}}),
+    "Daemon": obj(
+        ["id", "host", "pid", "version", "started_at", "heartbeat_at", "in_flight"],
+        {
+            "id": {"type": "string", "description": "This run of the daemon (a uuid4)."},
+            "host": {"type": "string", "description": "The host name it runs on."},
+            "pid": {"type": "integer", "description": "Its process id."},
+            "version": {"type": "string", "description": "The webhookd version it runs."},
+            "started_at": {**TIME, "description": "When it started."},
+            "heartbeat_at": {**TIME, "description": "When it was last known alive."},
+            "in_flight": {"type": "integer", "description": "Requests it has open now."},
+        },
+    ),
     "EndpointCreate": obj(
         ["url"], {**ENDPOINT_FIELDS, "secret": {"type": "string", "maxLength": 256}}
     ),
@@ -310,6 +324,29 @@ SCHEMAS: J = {
     ),
     "RecoverRequest": obj(["since"], {"since": TIME, "until": NULLABLE_TIME}),
     "RecoverResult": obj(["requeued"], {"requeued": {"type": "integer", "minimum": 0}}),
+    "PortalLinkRequest": obj(
+        ["tenant"],
+        {
+            "tenant": {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"},
+            "ttl_s": {"type": "integer", "minimum": 60, "maximum": 604800},
+            "capabilities": {"type": "array", "items": {"enum": list(PORTAL_CAPABILITIES)}},
+        },
+    ),
+    "PortalLink": obj(
+        ["url", "expires_at", "tenant", "capabilities"],
+        {
+            "url": {"type": "string"},
+            "expires_at": TIME,
+            "tenant": {"type": "string"},
+            "capabilities": {"type": "array", "items": {"enum": list(PORTAL_CAPABILITIES)}},
+        },
+    ),
+    "PortalRevokeRequest": obj(
+        ["tenant"], {"tenant": {"type": "string", "pattern": r"^[A-Za-z0-9_.:@-]{1,128}$"}}
+    ),
+    "PortalRevoked": obj(
+        ["tenant", "revoked"], {"tenant": {"type": "string"}, "revoked": {"const": True}}
+    ),
     "Stats": obj(
         ["counts", "success_rate_24h", "in_flight", "last_success_at", "failing_since"],
         {
@@ -453,6 +490,7 @@ def _operations_paths() -> J:
                 },
             }
         },
+        "/v1/cluster": {"get": op("The daemons sharing the database", 200, "Cluster", (403,))},
         "/metrics": {
             "get": {
                 "summary": "Prometheus metrics (auth only with metrics.require_auth)",
@@ -691,8 +729,33 @@ def _delivery_paths() -> J:
     }
 
 
+def _portal_paths() -> J:
+    """Tenant portal links (webhookd/api/portal_links.py)."""
+    return {
+        "/v1/portal-links": {
+            "post": op(
+                "Make a tenant portal link",
+                201,
+                "PortalLink",
+                (400, 403, 409, 413, 422),
+                body="PortalLinkRequest",
+            )
+        },
+        "/v1/portal-links/revoke": {
+            "post": op(
+                "End every portal link and session of a tenant",
+                200,
+                "PortalRevoked",
+                (400, 403, 409, 413, 422),
+                body="PortalRevokeRequest",
+            )
+        },
+    }
+
+
 def _paths() -> J:
     return {
+        **_portal_paths(),
         **_operations_paths(),
         **_event_type_paths(),
         **_endpoint_paths(),

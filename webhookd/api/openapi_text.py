@@ -12,10 +12,22 @@ TAGS = [
     {"name": "deliveries", "description": "The delivery log: one event to one endpoint."},
     {"name": "event-types", "description": "The catalog of event types that may be published."},
     {"name": "operations", "description": "Health, readiness, metrics and this document."},
+    {"name": "portal-links", "description": "Links that open the tenant portal for one tenant."},
 ]
 
 # (method, path) -> (operation id, tag, description)
 OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
+    ("post", "/v1/portal-links"): (
+        "portal_links.create",
+        "portal-links",
+        "A link that opens the tenant portal for one tenant, with these capabilities, until "
+        "ttl_s has passed. A tenant-scoped key makes links for its own tenant only.",
+    ),
+    ("post", "/v1/portal-links/revoke"): (
+        "portal_links.revoke",
+        "portal-links",
+        "End every portal link and session of the tenant at once.",
+    ),
     ("get", "/healthz"): (
         "operations.liveness",
         "operations",
@@ -31,6 +43,12 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "operations.metrics",
         "operations",
         "Prometheus metrics in text format; needs an API key only with metrics.require_auth.",
+    ),
+    ("get", "/v1/cluster"): (
+        "operations.cluster",
+        "operations",
+        "The daemons alive now that share this database (on SQLite, this one). A "
+        "tenant-scoped key gets 403: this is operator information.",
     ),
     ("get", "/openapi.json"): (
         "operations.openapi",
@@ -151,6 +169,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
 SCHEMAS = {
     "Error": "An error answer: a code and one sentence a person can act on.",
     "Health": "The answer of /healthz and /readyz.",
+    "Cluster": "The daemons alive now that share the database.",
+    "Daemon": "One daemon: its identity, when it was last known alive, its open requests.",
     "EndpointCreate": "A new endpoint: only url is required.",
     "EndpointPatch": "The endpoint fields to change; those absent keep their value.",
     "Endpoint": "An endpoint: where events are delivered, and how.",
@@ -162,6 +182,10 @@ SCHEMAS = {
     "TestResult": "The test event and its one delivery.",
     "RecoverRequest": "The window of deliveries to requeue.",
     "RecoverResult": "How many deliveries went back to pending.",
+    "PortalLinkRequest": "Which tenant a portal link opens, for how long, allowing what.",
+    "PortalLink": "A portal link: hand its url to one of the tenant's users.",
+    "PortalRevokeRequest": "The tenant whose portal links and sessions end.",
+    "PortalRevoked": "The tenant's portal links and sessions are void.",
     "Stats": "Delivery statistics of one endpoint.",
     "PublishRequest": "An event to publish.",
     "BatchRequest": "Events to publish in one transaction.",
@@ -261,6 +285,19 @@ FIELDS = {
     "url": "Where deliveries are POSTed (https unless the config allows http).",
 }
 FIELDS_IN = {
+    ("PortalLinkRequest", "tenant"): "The tenant the portal shows, and nothing else.",
+    ("PortalLinkRequest", "ttl_s"): "How long the link opens the portal, 60-604800 s.",
+    ("PortalLinkRequest", "capabilities"): (
+        "What the portal user may do besides looking: manage_endpoints, read_secrets, retry, "
+        "send_test; default all but read_secrets."
+    ),
+    ("PortalLink", "url"): "The link; opening it starts a session of this tenant.",
+    ("PortalLink", "expires_at"): "When the link stops opening the portal.",
+    ("PortalLink", "tenant"): "The tenant the link opens.",
+    ("PortalLink", "capabilities"): "What its sessions may do.",
+    ("PortalRevokeRequest", "tenant"): "The tenant whose links and sessions end.",
+    ("PortalRevoked", "tenant"): "The tenant whose links and sessions ended.",
+    ("PortalRevoked", "revoked"): "Always true.",
     ("Endpoint", "id"): "The endpoint's id (ep_…).",
     ("Event", "id"): "The event's id.",
     ("EventDetail", "id"): "The event's id.",
