@@ -274,7 +274,10 @@ SCHEMAS: J = {
             "reason": {"type": "string", "description": "Why storage cannot write"},
         },
     ),
-    "Cluster": obj(["daemons"], {"daemons": {"type": "array", "items": ref("Daemon")}}),
+    "Cluster": obj(
+        ["daemons"],
+        {"daemons": {"type": "array", "items": ref("Daemon"), "description": "Alive now."}},
+    ),
     "Daemon": obj(
         ["id", "host", "pid", "version", "started_at", "heartbeat_at", "in_flight"],
         {
