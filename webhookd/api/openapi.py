@@ -26,7 +26,7 @@ from webhookd.api.openapi_text import (
 from webhookd.console.security import CAPABILITIES as PORTAL_CAPABILITIES
 from webhookd.formats import FORMATS
 from webhookd.signing import SCHEMES
-from webhookd.store.models import DELIVERY_STATES
+from webhookd.store.interface import DELIVERY_STATES
 
 J = dict[str, Any]
 NULLABLE_STRING: J = {"type": ["string", "null"]}
