@@ -73,7 +73,7 @@ def test_check_config_names_the_bad_key(tmp_path: Path) -> None:
     assert result.returncode == EXIT_CONFIG
     assert "OK" not in result.stdout
     assert "delivery.timeout_s: expected a number > 0 and <= 30, got 45" in result.stderr
-    assert "delivery.timout_s: unknown key" in result.stderr
+    assert "delivery.timout_s: unknown key (did you mean delivery.timeout_s?)" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -124,6 +124,10 @@ def test_check_config_refuses_a_public_listen_without_keys(tmp_path: Path) -> No
     [
         ("delivery:\n  workers: 0\n", "delivery.workers"),
         ("metrics:\n  require_auth: true\n  extra: 1\n", "metrics.extra: unknown key"),
+        (
+            "delivery:\n  timout_s: 5\n",
+            "delivery.timout_s: unknown key (did you mean delivery.timeout_s?)",
+        ),
         ("listen: 0.0.0.0:{port}\n", "api_keys"),
     ],
 )

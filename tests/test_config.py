@@ -242,7 +242,8 @@ def test_an_empty_retry_schedule_is_allowed() -> None:
     ],
 )
 def test_unknown_keys_are_named(data: dict[str, Any], dotted: str) -> None:
-    assert f"{dotted}: unknown key" in problems_of(data)
+    [problem] = problems_of(data)
+    assert problem.startswith(f"{dotted}: unknown key"), problem
 
 
 def test_unknown_keys_are_all_listed_at_once() -> None:
@@ -254,7 +255,32 @@ def test_unknown_key_in_a_file(tmp_path: Path) -> None:
     path = write(tmp_path, "delivery:\n  timout_s: 5\n")
     with pytest.raises(ConfigError) as info:
         load_config(path, {})
-    assert info.value.problems == ["delivery.timout_s: unknown key"]
+    assert info.value.problems == [
+        "delivery.timout_s: unknown key (did you mean delivery.timeout_s?)"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        ({"lisen": "127.0.0.1:8080"}, "lisen: unknown key (did you mean listen?)"),
+        ({"api_key": []}, "api_key: unknown key (did you mean api_keys?)"),
+        ({"log": {"lvl": "info"}}, "log.lvl: unknown key (did you mean log.level?)"),
+        (
+            {"security": {"allow_network": []}},
+            "security.allow_network: unknown key (did you mean security.allow_networks?)",
+        ),
+        (
+            {"api_keys": [{"name": "a", "key": API_KEY, "tenat": "x"}]},
+            "api_keys[0].tenat: unknown key (did you mean api_keys[0].tenant?)",
+        ),
+        # Nothing close: no guess.
+        ({"delivery": {"colour": 1}}, "delivery.colour: unknown key"),
+        ({"a": 1}, "a: unknown key"),
+    ],
+)
+def test_unknown_keys_suggest_the_nearest_known_one(data: dict[str, Any], problem: str) -> None:
+    assert problems_of(data) == [problem]
 
 
 # --- bad values ------------------------------------------------------------------------

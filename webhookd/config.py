@@ -8,6 +8,7 @@ line turns them into exit code 78.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import math
 import os
@@ -244,7 +245,13 @@ class _Reader:
     def finish(self) -> None:
         for name in self.data:
             if name not in self.seen:
-                self.problems.append(f"{self.key(str(name))}: unknown key")
+                self.problems.append(f"{self.key(str(name))}: unknown key{self._guess(name)}")
+
+    def _guess(self, name: Any) -> str:
+        """' (did you mean delivery.timeout_s?)' for a near miss of a key this mapping
+        knows (every key its reader asked for), or ''."""
+        close = difflib.get_close_matches(str(name), sorted(self.seen), n=1)
+        return f" (did you mean {self.key(close[0])}?)" if close else ""
 
 
 def _show(value: Any) -> str:
