@@ -72,7 +72,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _config_errors(exc.problems, "webhookd: config error: ")
     logs.setup(config.log.level, config.log.format)
     try:
-        return _run(serve(config, args.config))
+        return _run(serve(config, args.config, listen=args.listen))
     except KeyboardInterrupt:
         return EXIT_OK
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import gc
 import logging
 import os
@@ -49,9 +50,14 @@ class StartupError(Exception):
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: str | None = None, *, listen: str | None = None
+    ) -> None:
+        """`listen`: the command line's --listen, already applied to `config`; a reload
+        keeps it over the file's `listen`."""
         self.config = config
         self.config_path = config_path
+        self.listen_override = listen
         # The backend config.database names (StorageError if it cannot be had).
         self.store: Store = open_store(config)
         self.member = Member.this_process()
@@ -226,7 +232,7 @@ class Daemon:
         self.notifier.reloading()
         try:
             try:
-                new = load_config(self.config_path)
+                new = self._with_override(load_config(self.config_path))
             except ConfigError as exc:
                 log.error(
                     "reload rejected; keeping the running config",
@@ -264,6 +270,23 @@ class Daemon:
             self.notifier.ready()
 
     # --- shutdown -------------------------------------------------------------------
+
+    def _with_override(self, new: Config) -> Config:
+        """The reloaded config with --listen kept over the file's `listen`: the address
+        the daemon is bound to (and the unix socket shutdown removes) stays the same, and
+        the file's own value is not a change that needs a restart."""
+        if self.listen_override is None:
+            return new
+        new = dataclasses.replace(new, listen=self.listen_override)
+        if not new.api_keys and not new.listen_address.is_loopback:
+            # The rule startup applied to --listen, applied to the reloaded keys.
+            raise ConfigError(
+                [
+                    f"--listen: {new.listen} is not a loopback address and the reloaded "
+                    "config has no api_keys"
+                ]
+            )
+        return new
 
     async def shutdown(self) -> None:
         self.state.stopping = True
@@ -305,9 +328,10 @@ def _describe(address: object) -> str:
     return f"unix:{address}"
 
 
-async def serve(config: Config, config_path: str | None) -> int:
+async def serve(config: Config, config_path: str | None, *, listen: str | None = None) -> int:
+    """Run the daemon until stopped; `listen` is --listen (already applied to `config`)."""
     try:
-        daemon = Daemon(config, config_path)
+        daemon = Daemon(config, config_path, listen=listen)
     except StorageError as exc:
         log.error(str(exc), extra={"event": "startup_failed"})
         return 1
