@@ -184,6 +184,7 @@ async def test_delivery_log_filters_search_live_and_pause(
     await expect(page.locator('[data-test="live"]')).to_be_visible()
     await daemon.publish("invoice.paid")
     await expect(rows).to_have_count(2)  # arrived live, without a reload
+    await doc_shot(page, "deliveries")
     await page.select_option('[data-test="f-status"]', "delivered")
     await page.fill('[data-test="f-type"]', "invoice.paid")
     await page.click('[data-test="apply"]')
