@@ -68,6 +68,11 @@ async def test_login_sets_a_strict_httponly_cookie_and_logs_no_key(
     # The API itself still wants its Bearer key: the cookie opens the console only.
     async with client.session.get(keyed.base + "/v1/endpoints") as api:
         assert api.status == 401
+    # Logging out is a change like any other: this origin and the CSRF token.
+    assert (await client.post("/console/logout", csrf="0" * 64)).status == 403
+    r = await client.post("/console/logout", csrf=page.csrf())
+    assert r.status == 303 and r.headers["Location"] == "/console/login"
+    assert (await client.get("/console/endpoints")).status == 303
 
 
 async def test_posts_need_this_origin_and_the_csrf_token(client: ConsoleClient) -> None:
@@ -298,3 +303,34 @@ async def test_console_can_be_turned_off(make_daemon: Callable[..., Awaitable[Da
         assert (await d.post("/v1/portal-links", {"tenant": "acme"})).status == 409
     finally:
         await c.close()
+
+
+def test_cookies_are_secure_over_tls(tmp_path: Path) -> None:
+    """Secure whenever the request came over TLS; the portal's cookie may then be framed
+    (SameSite=None) when frame_ancestors allows it, and is Lax otherwise."""
+    import ssl
+
+    from aiohttp import web
+    from aiohttp.test_utils import make_mocked_request
+
+    from webhookd.api.context import STATE, State
+    from webhookd.config import config_from_mapping
+    from webhookd.console.security import cookie_args
+    from webhookd.store.sqlite import SQLiteStore
+
+    def args(tls: bool, portal: bool, frames: list[str]) -> dict[str, object]:
+        app = web.Application()
+        config = config_from_mapping({"console": {"frame_ancestors": frames}})
+        app[STATE] = State(config=config, store=SQLiteStore(str(tmp_path / "x.db")))
+        ctx = ssl.create_default_context() if tls else None
+        request = make_mocked_request("POST", "/console/login", app=app, sslcontext=ctx)
+        return cookie_args(request, portal=portal, max_age_s=60)
+
+    assert args(False, False, [])["secure"] is False
+    over_tls = args(True, False, [])
+    assert over_tls["secure"] is True and over_tls["samesite"] == "Strict"
+    assert over_tls["httponly"] is True and over_tls["path"] == "/console"
+    assert args(True, True, [])["samesite"] == "Lax"
+    framed = args(True, True, ["https://app.example.com"])
+    assert framed["samesite"] == "None" and framed["secure"] is True
+    assert args(False, True, ["https://app.example.com"])["samesite"] == "Lax"

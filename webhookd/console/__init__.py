@@ -55,7 +55,7 @@ def routes() -> list[web.RouteDef]:
         web.get("/console/static/{name}", static, allow_head=False),
         web.get("/console/login", auth.login_form, allow_head=False),
         web.post("/console/login", auth.login),
-        web.post("/console/logout", auth.logout),
+        web.post("/console/logout", page(auth.logout, portal=False)),
         web.get("/portal/t/{token}", auth.open_link, allow_head=False),
     ]
     for prefix in PREFIXES:

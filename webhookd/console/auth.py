@@ -14,7 +14,7 @@ from aiohttp import web
 from webhookd.api.context import STATE
 from webhookd.api.errors import ApiError
 from webhookd.console import security
-from webhookd.console.pages import console_key, render_plain
+from webhookd.console.pages import Ctx, console_key, render_plain
 from webhookd.timefmt import now_ms
 
 log = logging.getLogger("webhookd.console")
@@ -79,10 +79,11 @@ async def login(request: web.Request) -> web.StreamResponse:
     return response
 
 
-async def logout(request: web.Request) -> web.StreamResponse:
-    if not security.same_origin(request):
-        raise web.HTTPForbidden()
+async def logout(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    """POST /console/logout (through `page`: Origin and CSRF checked like any change)."""
     response = web.Response(status=303, headers={"Location": "/console/login"})
+    if ctx.htmx:
+        response = web.Response(status=200, headers={"HX-Redirect": "/console/login"})
     response.del_cookie(security.CONSOLE_COOKIE, path="/console")
     return response
 
