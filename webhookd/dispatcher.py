@@ -447,7 +447,7 @@ class Dispatcher:
             return
         self.stats.state_visits += 1
         ep = self.store.endpoint(endpoint_id)
-        if ep is None or not ep.active:
+        if ep is None or not ep.active or ep.paused:
             self.store.offer(endpoint_id, 0)
             self._due.pop(endpoint_id, None)
             st.look_at = None
@@ -493,7 +493,7 @@ class Dispatcher:
             endpoint_id, _ = due.popitem(last=False)
             st = self._states.get(endpoint_id)
             ep = self.store.endpoint(endpoint_id)
-            if st is None or ep is None or not ep.active:
+            if st is None or ep is None or not ep.active or ep.paused:
                 self._file(endpoint_id, now)
                 continue
             self.stats.state_visits += 1
@@ -508,8 +508,8 @@ class Dispatcher:
 
     def _idle(self, endpoint_id: str, st: _EndpointState, ep: Endpoint | None) -> None:
         """An endpoint that takes no deliveries: forget a deleted one once its requests are
-        over; give back its or a disabled one's claimed-ahead deliveries (they are
-        cancelled or skipped)."""
+        over; give back its, a disabled or a paused one's claimed-ahead deliveries (they
+        are cancelled, skipped, or pending again)."""
         if st.ready:
             self._start_ready(endpoint_id)
         elif ep is None and st.in_flight == 0:
@@ -600,7 +600,8 @@ class Dispatcher:
 
     def _start_ready(self, endpoint_id: str) -> None:
         """Start claimed deliveries of this endpoint while it and the pool have room; all of
-        them at once if it is disabled or deleted, since they are only given back then."""
+        them at once if it is disabled, paused or deleted, since they are only given back
+        then."""
         st = self._states.get(endpoint_id)
         if st is None:
             return
@@ -610,7 +611,7 @@ class Dispatcher:
             self._holding.discard(endpoint_id)
             return
         ep = self.store.endpoint(endpoint_id)
-        give_back = ep is None or not ep.active
+        give_back = ep is None or not ep.active or ep.paused
         limit = self._limit(ep) if ep is not None else 1
         while st.ready and (
             give_back or (st.in_flight < limit and self._attempting < self.config.workers)
@@ -638,15 +639,8 @@ class Dispatcher:
             if ep is None:
                 # Deleted after the claim: the store already cancelled the delivery.
                 return
-            if not ep.active:
-                # Disabled after the claim: skipped like its other pending deliveries.
-                skip = functools.partial(self.store.release, [c], status="skipped")
-                if (err := await self._write(c, skip)) is not None:
-                    log.error(
-                        "could not skip a delivery; it is requeued at startup",
-                        exc_info=err,
-                        extra={"event": "skip_failed", "delivery_id": c.delivery_id},
-                    )
+            if not ep.active or ep.paused:
+                await self._give_back(c, ep)
                 return
             resp, fmt, started_at = await self._attempt_safely(c, ep)
             outcome = self._decide_safely(c, ep, resp, fmt, started_at)
@@ -672,6 +666,21 @@ class Dispatcher:
             self._tasks.pop(c.delivery_id, None)
             # The recording backlog shrank: the loop may claim again.
             self._wake.set()
+
+    async def _give_back(self, c: Claimed, ep: Endpoint) -> None:
+        """A delivery claimed before its endpoint was disabled is skipped like its other
+        pending deliveries; one claimed before its endpoint was paused goes back to
+        pending, unattempted, to be claimed again once it is unpaused."""
+        status, event = (
+            ("skipped", "skip_failed") if not ep.active else ("pending", "put_back_failed")
+        )
+        give = functools.partial(self.store.release, [c], status=status)
+        if (err := await self._write(c, give)) is not None:
+            log.error(
+                "could not give back a delivery; it is requeued at startup",
+                exc_info=err,
+                extra={"event": event, "delivery_id": c.delivery_id},
+            )
 
     async def _attempt_safely(self, c: Claimed, ep: Endpoint) -> tuple[delivery.Response, str, int]:
         """The HTTP attempt; a bug in making it is a failed attempt (recorded, retried on

@@ -54,6 +54,7 @@ MUTABLE = (
     "rate_limit_per_s",
     "max_in_flight",
     "ordered",
+    "paused",
     "proxy",
     "tls",
 )
@@ -311,7 +312,7 @@ def _plain_fields(
     problems: Problems,
     out: dict[str, Any],
 ) -> None:
-    """url, events, tenant, description, metadata, active and ordered."""
+    """url, events, tenant, description, metadata, active, ordered and paused."""
     st = state(request)
     if "url" in body:
         out["url"] = check_url(body["url"], st.config, problems)
@@ -326,7 +327,7 @@ def _plain_fields(
         out["description"] = string(body["description"], ("body", "description"), problems)
     if "metadata" in body:
         out["metadata"] = string_map(body["metadata"], ("body", "metadata"), problems, max_items=50)
-    for key in ("active", "ordered"):
+    for key in ("active", "ordered", "paused"):
         if key in body:
             out[key] = boolean(body[key], ("body", key), problems)
 

@@ -91,6 +91,7 @@ ENDPOINT_FIELDS: J = {
     "rate_limit_per_s": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10000},
     "max_in_flight": {"type": ["integer", "null"], "minimum": 1},
     "ordered": {"type": "boolean"},
+    "paused": {"type": "boolean"},
     "proxy": {
         "type": ["string", "null"],
         "maxLength": 2048,
@@ -161,6 +162,7 @@ ENDPOINT_OUT: J = obj(
         "rate_limit_per_s",
         "max_in_flight",
         "ordered",
+        "paused",
         "proxy",
         "tls",
         "created_at",

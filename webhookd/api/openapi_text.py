@@ -89,7 +89,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "endpoints.update",
         "endpoints",
         "Change any field but the secret. active: false disables the endpoint (its pending "
-        "deliveries become skipped); active: true enables it again.",
+        "deliveries become skipped); active: true enables it again. paused: true holds its "
+        "deliveries pending, none skipped, until paused: false.",
     ),
     ("delete", "/v1/endpoints/{endpoint_id}"): (
         "endpoints.delete",
@@ -162,7 +163,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "deliveries.retry",
         "deliveries",
         "Attempt the delivery again now, whatever its state (a delivered one is resent). A "
-        "manual attempt that fails is not retried.",
+        "manual attempt that fails is not retried. 409 while its endpoint is disabled, "
+        "deleted or paused, or an attempt is in progress.",
     ),
 }
 
@@ -251,6 +253,9 @@ FIELDS = {
     "next_cursor": "Pass as cursor for the next page; null on the last one.",
     "number": "The attempt's number, from 1.",
     "ordered": "Deliver strictly one at a time, in publish order.",
+    "paused": "true: deliveries wait as pending and nothing is attempted until it is false "
+    "again; then they go at the endpoint's limits, in order where ordered. Unlike "
+    "active: false, nothing is skipped.",
     "payload": "The event's data, sent to endpoints as data.",
     "pending": "Deliveries waiting for their next attempt.",
     "previous_secrets": "Rotated-out secrets that still sign, until they expire.",

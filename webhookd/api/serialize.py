@@ -37,6 +37,7 @@ def endpoint(ep: Endpoint, config: Config, *, with_secret: bool = False) -> dict
         "rate_limit_per_s": _num(ep.rate_limit_per_s),
         "max_in_flight": ep.max_in_flight or config.delivery.max_in_flight_per_endpoint,
         "ordered": ep.ordered,
+        "paused": ep.paused,
         "proxy": redacted_proxy(ep.proxy),
         "tls": redacted_tls(ep.tls),
         "created_at": to_rfc3339(ep.created_at),

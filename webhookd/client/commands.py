@@ -18,6 +18,7 @@ from webhookd.client.api import (
     EXIT_OK,
     Action,
     Api,
+    ClientError,
     Render,
     UsageError,
     client_for,
@@ -52,6 +53,7 @@ from webhookd.client.views import (
     render_list,
     render_published,
     render_requeued,
+    render_retried,
     render_rotated,
     render_secret,
     render_stats,
@@ -103,6 +105,7 @@ ENDPOINT_FIELDS = {
     "rate_limit": "rate_limit_per_s",
     "max_in_flight": "max_in_flight",
     "ordered": "ordered",
+    "paused": "paused",
     "active": "active",
     "proxy": "proxy",
 }
@@ -176,6 +179,43 @@ def publish_body(args: argparse.Namespace) -> dict[str, Any]:
 
 def event_type_body(args: argparse.Namespace) -> dict[str, Any]:
     return {"name": args.name, "description": args.description}
+
+
+# Retries sent at once by `endpoints retry-now`: enough to go fast, few enough that a
+# large backlog does not crowd out the daemon's other API clients.
+RETRY_NOW_AT_ONCE = 8
+
+
+async def retry_now(api: Api, args: argparse.Namespace) -> dict[str, Any]:
+    """Every delivery of the endpoint that is pending now, attempted now: listed first,
+    then `POST /v1/deliveries/{id}/retry` for each, a few at a time. A manual attempt that
+    fails keeps the delivery's place in its retry schedule. Those that moved on meanwhile
+    (delivered, being attempted) are counted apart."""
+    ep = await api.get_endpoint(args.id)
+    if ep.get("paused"):
+        raise ClientError(
+            f"endpoint {args.id} is paused; resume it first "
+            f"(`webhookd endpoints resume {args.id}`), and what it held goes at once"
+        )
+    listed = await pages(
+        api, "/v1/deliveries", {"endpoint_id": args.id, "status": "pending", "limit": 250}, True
+    )
+    ids = iter([d["id"] for d in listed["data"]])
+
+    async def worker() -> int:
+        done = 0
+        for delivery_id in ids:  # shared: each id is taken by one worker
+            try:
+                await api.retry_delivery(delivery_id)
+            except WebhookdError as exc:
+                if exc.status != 409:
+                    raise
+                continue  # no longer pending (an attempt in progress, say)
+            done += 1
+        return done
+
+    counts = await asyncio.gather(*(worker() for _ in range(RETRY_NOW_AT_ONCE)))
+    return {"endpoint_id": args.id, "pending": len(listed["data"]), "retried": sum(counts)}
 
 
 # --- the parsers --------------------------------------------------------------------------
@@ -275,6 +315,11 @@ def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         action=argparse.BooleanOptionalAction,
         help="deliver one at a time in publish order",
     )
+    p.add_argument(
+        "--paused",
+        action=argparse.BooleanOptionalAction,
+        help="hold deliveries pending, nothing attempted or skipped, until --no-paused",
+    )
     _transport_options(p, creating=creating)
 
 
@@ -364,6 +409,7 @@ def _add_endpoints(sub: Subparsers[argparse.ArgumentParser], co: argparse.Argume
 def _add_endpoint_operations(
     g: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser
 ) -> None:
+    _add_pause_and_retry(g, co)
     p = _leaf(
         g,
         "test",
@@ -405,6 +451,48 @@ def _add_endpoint_operations(
             g, name, help_text, co, call_action("GET", f"/v1/endpoints/{{id}}/{path}"), render
         )
         p.add_argument("id", help="endpoint id (ep_…)")
+
+
+def _fixed_body(body: dict[str, Any], _args: argparse.Namespace) -> dict[str, Any]:
+    return body
+
+
+def _add_pause_and_retry(
+    g: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser
+) -> None:
+    for name, paused, help_text, done in (
+        (
+            "pause",
+            True,
+            "hold the endpoint's deliveries pending: nothing is attempted, nothing skipped",
+            "paused endpoint {args[id]}: its deliveries wait as pending until "
+            "`webhookd endpoints resume {args[id]}`",
+        ),
+        (
+            "resume",
+            False,
+            "deliver what a paused endpoint held, at its limits (in order where ordered)",
+            "resumed endpoint {args[id]}",
+        ),
+    ):
+        p = _leaf(
+            g,
+            name,
+            help_text,
+            co,
+            call_action("PATCH", "/v1/endpoints/{id}", partial(_fixed_body, {"paused": paused})),
+            message(done),
+        )
+        p.add_argument("id", help="endpoint id (ep_…)")
+    p = _leaf(
+        g,
+        "retry-now",
+        "attempt every pending delivery of the endpoint now, instead of at its next retry",
+        co,
+        retry_now,
+        render_retried,
+    )
+    p.add_argument("id", help="endpoint id (ep_…)")
 
 
 def _add_events(sub: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser) -> None:

@@ -57,6 +57,7 @@ class Endpoint(TypedDict, total=False):
     rate_limit_per_s: float | None
     max_in_flight: int
     ordered: bool
+    paused: bool
     created_at: str
     updated_at: str
     secret: str

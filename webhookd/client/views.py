@@ -70,7 +70,7 @@ def _time(key: str) -> Callable[[dict[str, Any]], Any]:
 
 def _active(row: dict[str, Any]) -> str:
     if row.get("active"):
-        return "yes"
+        return "paused" if row.get("paused") else "yes"
     reason = row.get("disabled_reason")
     return f"no ({reason})" if reason else "no"
 
@@ -213,6 +213,15 @@ def render_published(doc: Any, _args: argparse.Namespace) -> str:
 def render_requeued(doc: Any, _args: argparse.Namespace) -> str:
     n = doc["requeued"]
     return f"requeued {n} deliver{'y' if n == 1 else 'ies'}"
+
+
+def render_retried(doc: Any, _args: argparse.Namespace) -> str:
+    n, pending = doc["retried"], doc["pending"]
+    line = f"queued {n} pending deliver{'y' if n == 1 else 'ies'} of {doc['endpoint_id']} "
+    line += "for an attempt now"
+    if pending > n:
+        line += f" ({pending - n} had moved on meanwhile)"
+    return line
 
 
 def message(template: str) -> Render:

@@ -21,6 +21,12 @@ BUILTIN_EVENT_TYPES = {
 }
 
 
+# The Conflict of a manual retry while the delivery's endpoint is paused: "now" cannot be.
+PAUSED_RETRY = (
+    'the endpoint of this delivery is paused; resume it with PATCH {"paused": false} first'
+)
+
+
 class StorageError(Exception):
     """The store cannot read or write (disk full, I/O error, database locked too long)."""
 
@@ -99,6 +105,8 @@ class Endpoint:
     # http://[user:pass@]host[:port]; overrides delivery.proxy. Out of repr: a password.
     proxy: str | None = field(default=None, repr=False)
     tls: EndpointTLS | None = None
+    # Deliveries stay pending, unclaimed, until unpaused (unlike active=False: none skipped).
+    paused: bool = False
 
     def signing_secrets(self, now_ms: int) -> list[str]:
         """The current secret first, then rotated-out ones still within their grace."""

@@ -16,7 +16,8 @@ that statement, for all daemons together:
 - ordered: only the endpoint's oldest unfinished delivery (by publish order), only while
   it is pending and due, and only with no delivery of the endpoint in flight (its limit
   is one slot).
-- disabled or deleted endpoints are never claimed.
+- disabled, deleted or paused endpoints are never claimed (as the endpoint row is now,
+  whatever a daemon's view of it says).
 - rate_limit_per_s: a token bucket on the endpoint row (rl_tokens at rl_updated_at),
   read under a row lock so that it is the latest version, refilled by the database's
   clock read after the lock was taken (so buckets are refilled in the order they were
@@ -86,7 +87,7 @@ ep AS MATERIALIZED (
     SELECT e.id, e.ordered, e.rate_limit_per_s AS rate, w.n,
            CASE WHEN e.ordered THEN 1 ELSE COALESCE(e.max_in_flight, %(default_limit)s) END AS lim
     FROM want w JOIN endpoints e ON e.id = w.endpoint_id
-    WHERE e.active AND e.deleted_at IS NULL
+    WHERE e.active AND e.deleted_at IS NULL AND NOT e.paused
 ),
 mine AS MATERIALIZED (
     SELECT ep.* FROM ep WHERE pg_try_advisory_xact_lock(%(lock_class)s, hashtext(ep.id))
@@ -185,7 +186,7 @@ FROM claimed c JOIN events ev ON ev.seq = c.event_seq JOIN ep ON ep.id = c.endpo
 # What an endpoint that got less than it asked for looks like now (a fresh snapshot, after
 # the claim committed). Each subquery is one probe of a partial index (see _PER_ENDPOINT).
 _LOOK = """
-SELECT e.id, e.active AND e.deleted_at IS NULL, e.ordered,
+SELECT e.id, e.active AND e.deleted_at IS NULL AND NOT e.paused, e.ordered,
        CASE WHEN e.ordered THEN 1 ELSE COALESCE(e.max_in_flight, %(default_limit)s) END,
        (SELECT p.next_attempt_at FROM deliveries p
         WHERE p.endpoint_id >= e.id AND p.endpoint_id <= e.id AND p.status = 'pending'
@@ -248,7 +249,7 @@ def lease_token(lease: str | None) -> int | None:
 class _Look:
     """An endpoint's state after a claim, from _LOOK."""
 
-    active: bool
+    active: bool  # and not paused: it may be claimed
     ordered: bool
     limit: int
     next_due: int | None  # the earliest pending delivery
@@ -261,7 +262,7 @@ class _Look:
 
 def _look_again(look: _Look | None, now: int) -> int | None:
     """When a claim for this endpoint may next get something (ms), or None if it has
-    nothing pending (or is gone or disabled)."""
+    nothing pending (or is gone, disabled or paused)."""
     if look is None or not look.active:
         return None
     due = look.head_due if look.ordered else look.next_due

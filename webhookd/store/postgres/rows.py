@@ -23,7 +23,7 @@ from webhookd.store.models import (
 ENDPOINT_COLS = (
     "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
     "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
-    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, seq"
+    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, paused, seq"
 )
 DELIVERY_COLS = (
     "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
@@ -74,6 +74,7 @@ def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
         updated_at=row[20],
         proxy=row[21],
         tls=_tls_from_json(row[22]),
+        paused=bool(row[23]),
     )
 
 
@@ -92,7 +93,7 @@ def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if key in _JSON_FIELDS:
             out[key] = orjson.dumps(value).decode()
-        elif key in ("active", "ordered"):
+        elif key in ("active", "ordered", "paused"):
             out[key] = bool(value)
         elif key == "tls":
             out[key] = None if value is None else orjson.dumps(value).decode()

@@ -185,4 +185,9 @@ MIGRATIONS: list[str] = [
         revoked_at bigint NOT NULL
     );
     """,
+    # 3: a paused endpoint's deliveries stay pending and are not claimed, by any daemon,
+    # until unpaused.
+    """
+    ALTER TABLE endpoints ADD COLUMN paused boolean NOT NULL DEFAULT false;
+    """,
 ]

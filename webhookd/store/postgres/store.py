@@ -27,6 +27,7 @@ from webhookd.config import EventTypeDecl
 from webhookd.matching import subscribed
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
+    PAUSED_RETRY,
     Attempt,
     Claimed,
     Conflict,
@@ -445,7 +446,8 @@ class PostgresStore(ConsoleQueries):
         now = now_ms()
         async with self.db.transaction() as conn:
             cur = await conn.execute(
-                "SELECT d.status, d.endpoint_id, e.active, e.deleted_at FROM deliveries d "
+                "SELECT d.status, d.endpoint_id, e.active, e.deleted_at, e.paused "
+                "FROM deliveries d "
                 "LEFT JOIN endpoints e ON e.id = d.endpoint_id WHERE d.id = %s FOR UPDATE OF d",
                 (delivery_id,),
             )
@@ -512,7 +514,7 @@ class PostgresStore(ConsoleQueries):
         return total
 
     async def backlog(self, now: int) -> tuple[int, int | None]:
-        active = [e.id for e in self._endpoints.values() if e.active]
+        active = [e.id for e in self._endpoints.values() if e.active and not e.paused]
         async with self.db.connection() as conn:
             return await reads.backlog(conn, active, now)
 
@@ -532,7 +534,9 @@ _PURGE = (
 )
 
 
-def _check_retry(status: str, endpoint_id: str, active: bool | None, deleted: int | None) -> None:
+def _check_retry(
+    status: str, endpoint_id: str, active: bool | None, deleted: int | None, paused: bool | None
+) -> None:
     if active is None or deleted is not None:
         raise Conflict("the endpoint of this delivery was deleted; it cannot be retried")
     if not active:
@@ -540,6 +544,8 @@ def _check_retry(status: str, endpoint_id: str, active: bool | None, deleted: in
             "the endpoint of this delivery is disabled; re-enable it with "
             'PATCH {"active": true} or use recover'
         )
+    if paused:
+        raise Conflict(PAUSED_RETRY)
     if status == "delivering":
         raise Conflict("an attempt of this delivery is in progress; try again shortly")
 

@@ -106,12 +106,14 @@ MARK_DELIVERING = (
 
 def claim_select(parts: Sequence[str]) -> str:
     """Every delivery chosen by the `parts` (one SELECT of ids per endpoint) with its
-    event, as one row of JSON."""
+    event, as one row of JSON; none of a paused endpoint (as committed: the dispatcher's
+    view of a pause that just committed may not have caught up yet)."""
     return (
         "SELECT json_group_array(json_array(d.id, d.endpoint_id, d.attempt_count, "
         "d.failures, d.format_index, d.manual, d.resume_at, e.id, e.type, e.tenant, "
         "hex(e.payload), e.deliver_at, e.created_at, e.seq)) FROM deliveries d "
-        "JOIN events e ON e.seq=d.event_seq WHERE d.id IN (" + " UNION ALL ".join(parts) + ")"
+        "JOIN events e ON e.seq=d.event_seq JOIN endpoints p ON p.id=d.endpoint_id "
+        "WHERE p.paused=0 AND d.id IN (" + " UNION ALL ".join(parts) + ")"
     )
 
 
@@ -288,7 +290,11 @@ def _hand_over(
     (into `handed`); yield (endpoint id, due) of the others, for the dispatcher to claim."""
     offers = store.offers
     for ep, due, row in pending:
-        if due <= now and not ep.ordered and not ep.rate_limit_per_s and offers.take(ep.id):
+        if (
+            due <= now
+            and not (ep.ordered or ep.rate_limit_per_s or ep.paused)
+            and offers.take(ep.id)
+        ):
             row[_STATUS] = "delivering"
             handed.append(Claimed(row[0], ep.id, event, 0, 0, 0, False, None, False))
         else:

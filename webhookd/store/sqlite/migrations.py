@@ -203,4 +203,8 @@ MIGRATIONS: list[str] = [
         revoked_at INTEGER NOT NULL
     );
     """,
+    # 6: a paused endpoint's deliveries stay pending and are not claimed until unpaused.
+    """
+    ALTER TABLE endpoints ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
+    """,
 ]

@@ -17,7 +17,7 @@ DELIVERY_COLS = (
 ENDPOINT_COLS = (
     "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
     "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
-    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, seq"
+    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, paused, seq"
 )
 
 
@@ -56,6 +56,7 @@ def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
         updated_at=row[20],
         proxy=row[21],
         tls=tls_from_json(row[22]),
+        paused=bool(row[23]),
     )
 
 
@@ -89,7 +90,7 @@ def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in values.items():
         if key in ("metadata", "headers", "events", "format", "signature", "previous_secrets"):
             out["format" if key == "format" else key] = orjson.dumps(value).decode()
-        elif key in ("active", "ordered"):
+        elif key in ("active", "ordered", "paused"):
             out[key] = 1 if value else 0
         elif key == "tls":
             out[key] = None if value is None else orjson.dumps(value).decode()

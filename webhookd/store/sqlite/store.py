@@ -27,6 +27,7 @@ from webhookd.store.codec import decode_cursor, encode_cursor
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
+    PAUSED_RETRY,
     AmbiguousId,
     Attempt,
     Claimed,
@@ -489,7 +490,7 @@ class SQLiteStore(ConsoleQueries):
             row = await cur.fetchone()
         pending = int(row[0]) if row else 0
         # Per endpoint through the claim index: O(endpoints), not O(backlog).
-        active = [e.id for e in self._view.values() if e.active]
+        active = [e.id for e in self._view.values() if e.active and not e.paused]
         due = [d for d in (await self.next_due(active)).values() if d is not None and d <= now]
         oldest = min(due) if due else None
         return pending, (now - oldest) if oldest is not None else None
@@ -648,6 +649,8 @@ class SQLiteStore(ConsoleQueries):
                     "the endpoint of this delivery is disabled; re-enable it with "
                     'PATCH {"active": true} or use recover'
                 )
+            if ep.paused:
+                raise Conflict(PAUSED_RETRY)
             if status == "delivering":
                 raise Conflict("an attempt of this delivery is in progress; try again shortly")
             conn.execute(
@@ -737,9 +740,14 @@ class SQLiteStore(ConsoleQueries):
         self, conn: sqlite3.Connection, wants: Mapping[str, int], now: int
     ) -> tuple[list[Claimed], dict[str, int | None]]:
         ordered = {e for e in wants if (ep := self._view.get(e)) is not None and ep.ordered}
+        # Nothing of a paused endpoint is claimed (claim_select checks the committed row
+        # too), and nothing is due for it until it is unpaused.
+        paused = {e for e in wants if (ep := self._view.get(e)) is not None and ep.paused}
         parts: list[str] = []
         args: list[Any] = []
         for endpoint_id, n in wants.items():
+            if endpoint_id in paused:
+                continue
             if endpoint_id in ordered:
                 parts.append(_CLAIM_ORDERED)
                 args += [endpoint_id, now]
@@ -752,8 +760,10 @@ class SQLiteStore(ConsoleQueries):
             counts[c.endpoint_id] += 1
         next_due: dict[str, int | None] = {}
         for endpoint_id, n in wants.items():
+            if endpoint_id in paused:
+                next_due[endpoint_id] = None
             # An ordered endpoint may have claimed its head and still have more due.
-            if endpoint_id in ordered or counts[endpoint_id] < n:
+            elif endpoint_id in ordered or counts[endpoint_id] < n:
                 sql = _NEXT_ORDERED if endpoint_id in ordered else _NEXT_DUE
                 row = conn.execute(sql, (endpoint_id,)).fetchone()
                 next_due[endpoint_id] = row[0] if row else None
