@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 
 from webhookd import delivery, formats, http1, signing
+from webhookd.attemptlog import AttemptLog
 from webhookd.config import DeliveryConfig
 from webhookd.retry import next_delay_s, parse_retry_after
 from webhookd.store.interface import (
@@ -233,12 +234,15 @@ class Dispatcher:
         *,
         rand: random.Random | None = None,
         on_outcome: Callable[[Claimed, Endpoint, Outcome], None] | None = None,
+        attempt_log: AttemptLog | None = None,
     ) -> None:
         self.store = store
         self.client = client
         self.config = config
         self.rand = rand or random.Random()
         self.on_outcome = on_outcome
+        # The `attempt_failed` lines, a few a minute per endpoint.
+        self.attempt_log = attempt_log or AttemptLog(log)
         self._states: dict[str, _EndpointState] = {}
         # Endpoints to file again at the next wake-up: their state, their room or their
         # settings changed.
@@ -357,6 +361,7 @@ class Dispatcher:
             self._wake_writers()
             if pending:
                 await asyncio.wait(pending)
+        self.attempt_log.flush()  # what it left out of the log, said before exiting
         if not give_back:
             return
         try:
@@ -928,6 +933,7 @@ class Dispatcher:
         return made("pending", next_at=now + int(delay * 1000), failures=failures)
 
     def _count(self, o: Outcome) -> None:
+        self.attempt_log.outcome(o)
         self.stats.attempts += 1
         if o.status == "delivered":
             self.stats.delivered += 1
