@@ -185,6 +185,21 @@ async def test_chart_and_marker(store: Any) -> None:
 
 
 @BOTH
+async def test_endpoint_health_for_the_board(store: Any) -> None:
+    eps = await fill(store)
+    a, b = eps["a"], eps["b"]
+    now = now_ms()
+    health = await store.endpoint_health([a.id, b.id, "ep_none"], now - 86_400_000)
+    # a: 2 delivered, 3 failed, 1 pending (never attempted); b: 3 delivered.
+    assert (health[a.id].pending, health[a.id].delivered, health[a.id].finished) == (1, 2, 5)
+    assert health[a.id].success_rate == 0.4
+    assert (health[b.id].pending, health[b.id].delivered, health[b.id].finished) == (0, 3, 3)
+    assert health["ep_none"].success_rate is None
+    later = await store.endpoint_health([a.id], now + 60_000)
+    assert later[a.id].finished == 0 and later[a.id].pending == 1
+
+
+@BOTH
 async def test_console_key_and_revocations(store: Any) -> None:
     key = await store.console_key()
     assert len(key) == 32

@@ -63,6 +63,21 @@ def class_bounds(status_class: str) -> tuple[int, int] | None:
 
 
 @dataclass(frozen=True)
+class EndpointHealth:
+    """What the endpoints board shows of one endpoint's deliveries: its pending backlog,
+    and of those created since a time (24 h ago), how many were delivered and how many
+    finished (delivered or failed): the success rate the API's stats give."""
+
+    pending: int
+    delivered: int
+    finished: int
+
+    @property
+    def success_rate(self) -> float | None:
+        return self.delivered / self.finished if self.finished else None
+
+
+@dataclass(frozen=True)
 class ChartBucket:
     start: int  # ms
     attempts: int

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from webhookd import __version__
 from webhookd.config import EventTypeDecl
 from webhookd.store.codec import BadCursor
-from webhookd.store.console import Chart, ChartBucket, DeliveryQuery
+from webhookd.store.console import Chart, ChartBucket, DeliveryQuery, EndpointHealth
 from webhookd.store.models import (
     BUILTIN_EVENT_TYPES,
     DELIVERY_STATES,
@@ -71,6 +71,7 @@ __all__ = [
     "DeliveryQuery",
     "DueListener",
     "Endpoint",
+    "EndpointHealth",
     "EndpointTLS",
     "Event",
     "EventType",
@@ -339,6 +340,12 @@ class Store(Protocol):
         """A page of the delivery log, newest first, matching `query`. Bounded work: a page
         walks at most SCAN_BUDGET entries of one index, so it may hold fewer than `limit`
         rows and still have a next_cursor (more may match further back)."""
+
+    async def endpoint_health(
+        self, endpoint_ids: Sequence[str], since: int
+    ) -> dict[str, EndpointHealth]:
+        """Per endpoint: pending deliveries, and delivered and finished ones created since
+        `since` (ms); reads that grow with those deliveries, not with the whole log."""
 
     async def count_deliveries(self, query: DeliveryQuery) -> int:
         """How many deliveries match `query` (exactly: for the console's previews)."""

@@ -19,6 +19,7 @@ from webhookd.store.console import (
     SEQ_SLACK,
     Chart,
     DeliveryQuery,
+    EndpointHealth,
     chart_from_rows,
     class_bounds,
 )
@@ -159,6 +160,31 @@ class ConsoleQueries:
         assert walked is not None
         nxt = encode_cursor(walked[1]) if walked[0] >= SCAN_BUDGET and walked[1] > 1 else None
         return Page([delivery_from_row(r) for r in rows], nxt)
+
+    async def endpoint_health(
+        self, endpoint_ids: Sequence[str], since: int
+    ) -> dict[str, EndpointHealth]:
+        # Pending: through the claim index (pending rows only). The window: through the
+        # endpoint's (endpoint_id, seq) index from the first seq of the window.
+        bounds = await self._seq_bounds(DeliveryQuery(since=since))
+        lo = bounds[0] if bounds is not None else 2**62
+        ids = list(endpoint_ids)
+        async with self.db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT endpoint_id, count(*) FROM deliveries "
+                "WHERE endpoint_id = ANY(%s) AND status = 'pending' GROUP BY endpoint_id",
+                (ids,),
+            )
+            pending = {r[0]: int(r[1]) for r in await cur.fetchall()}
+            cur = await conn.execute(
+                "SELECT endpoint_id, count(*) FILTER (WHERE status = 'delivered'), "
+                "count(*) FILTER (WHERE status IN ('delivered', 'failed')) FROM deliveries "
+                "WHERE endpoint_id = ANY(%s) AND seq >= %s AND created_at >= %s "
+                "GROUP BY endpoint_id",
+                (ids, lo, since),
+            )
+            window = {r[0]: (int(r[1]), int(r[2])) for r in await cur.fetchall()}
+        return {e: EndpointHealth(pending.get(e, 0), *window.get(e, (0, 0))) for e in endpoint_ids}
 
     async def count_deliveries(self, query: DeliveryQuery) -> int:
         c = Conditions()

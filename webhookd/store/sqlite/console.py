@@ -22,6 +22,7 @@ from webhookd.store.console import (
     SEQ_SLACK,
     Chart,
     DeliveryQuery,
+    EndpointHealth,
     chart_from_rows,
     class_bounds,
 )
@@ -87,6 +88,17 @@ def residual_conditions(q: DeliveryQuery, c: Conditions) -> None:
             f"AND a.number = deliveries.attempt_count AND {answer})",
             *(bounds or ()),
         )
+
+
+def _rare_states_first(statuses: tuple[str, ...]) -> str:
+    """The table clause for a count or update of these states: through their (status,
+    seq) index when none is `delivered`. The others are the few (failed, skipped,
+    pending): reading them beats reading every delivery of an endpoint, which SQLite's
+    planner prefers from its statistics (0.1 ms against 90 ms for the skipped of an
+    endpoint with 250,000 deliveries)."""
+    if statuses and "delivered" not in statuses:
+        return "deliveries INDEXED BY deliveries_status"
+    return "deliveries"
 
 
 class ConsoleQueries:
@@ -160,11 +172,35 @@ class ConsoleQueries:
         nxt = encode_cursor(walked[1]) if walked[0] >= SCAN_BUDGET and walked[1] > 1 else None
         return Page([delivery_from_row(r) for r in rows], nxt)
 
+    async def endpoint_health(
+        self, endpoint_ids: Sequence[str], since: int
+    ) -> dict[str, EndpointHealth]:
+        # Pending: through the claim index (pending rows only). The window: through the
+        # endpoint's (endpoint_id, seq) index from the first seq of the window.
+        bounds = await self._seq_bounds(DeliveryQuery(since=since))
+        out = {}
+        for endpoint_id in endpoint_ids:
+            pending = await self._one(
+                "SELECT COUNT(*) FROM deliveries WHERE endpoint_id = ? AND status = 'pending'",
+                (endpoint_id,),
+            )
+            window = (0, 0)
+            if bounds is not None:
+                window = await self._one(
+                    "SELECT IFNULL(SUM(status = 'delivered'), 0), "
+                    "IFNULL(SUM(status IN ('delivered', 'failed')), 0) FROM deliveries "
+                    "WHERE endpoint_id = ? AND seq >= ? AND created_at >= ?",
+                    (endpoint_id, bounds[0], since),
+                )
+            out[endpoint_id] = EndpointHealth(int(pending[0]), int(window[0]), int(window[1]))
+        return out
+
     async def count_deliveries(self, query: DeliveryQuery) -> int:
         c = Conditions()
         walk_conditions(query, c)
         residual_conditions(query, c)
-        row = await self._one(f"SELECT COUNT(*) FROM deliveries WHERE {c.sql()}", c.args)
+        table = _rare_states_first(query.statuses)
+        row = await self._one(f"SELECT COUNT(*) FROM {table} WHERE {c.sql()}", c.args)
         return int(row[0])
 
     async def requeue_deliveries(self, query: DeliveryQuery) -> int:
@@ -177,7 +213,8 @@ class ConsoleQueries:
 
         def job(conn: sqlite3.Connection) -> int:
             rows = conn.execute(
-                "UPDATE deliveries SET status='pending', next_attempt_at=?, failures=0, "
+                f"UPDATE {_rare_states_first(('failed', 'skipped'))} "
+                "SET status='pending', next_attempt_at=?, failures=0, "
                 "format_index=0, manual=0, resume_at=NULL, updated_at=? "
                 f"WHERE {c.sql()} RETURNING endpoint_id",
                 (now, now, *c.args),
