@@ -156,6 +156,11 @@ async def test_endpoints_board_create_edit_disable_enable_delete(
     got = (await daemon.get(f"/v1/endpoints/{ep_id}")).json
     assert got["description"] == "renamed" and got["rate_limit_per_s"] == 5
     assert got["max_in_flight"] == 3 and got["events"] == ["call.*"]
+    await page.click('[data-test="pause"]')
+    await expect(page.locator('[data-test="state"]')).to_have_text("paused")
+    assert (await daemon.get(f"/v1/endpoints/{ep_id}")).json["paused"] is True
+    await page.click('[data-test="resume"]')
+    await expect(page.locator('[data-test="state"]')).to_have_text("active")
     await page.click('[data-test="disable"]')
     await expect(page.locator('[data-test="disabled-panel"]')).to_be_visible()
     await page.click('[data-test="enable"]')

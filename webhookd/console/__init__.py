@@ -28,6 +28,7 @@ _PAGES: list[tuple[str, str, ConsoleHandler, str | None]] = [
     ("GET", "/endpoints/{endpoint_id}/edit", endpoints.edit_form, "manage_endpoints"),
     ("POST", "/endpoints/{endpoint_id}/edit", endpoints.edit, "manage_endpoints"),
     ("POST", "/endpoints/{endpoint_id}/active", endpoints.set_active, "manage_endpoints"),
+    ("POST", "/endpoints/{endpoint_id}/paused", endpoints.set_paused, "manage_endpoints"),
     ("POST", "/endpoints/{endpoint_id}/delete", endpoints.delete, "manage_endpoints"),
     ("POST", "/endpoints/{endpoint_id}/secret", endpoints.reveal_secret, "read_secrets"),
     ("POST", "/endpoints/{endpoint_id}/rotate", endpoints.rotate_secret, "read_secrets"),

@@ -182,6 +182,13 @@ async def set_active(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     return ctx.redirect(f"/endpoints/{ep.id}")
 
 
+async def set_paused(request: web.Request, ctx: Ctx) -> web.StreamResponse:
+    ep = await api.visible(request)
+    form = await request.post()
+    await _patch(request, ctx, ep, {"paused": form.get("paused") == "true"})
+    return ctx.redirect(f"/endpoints/{ep.id}")
+
+
 async def delete(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     ep = await api.visible(request)
     await ctx.state.store.delete_endpoint(ep.id)

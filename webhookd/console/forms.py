@@ -66,6 +66,7 @@ def endpoint_body(form: Mapping[str, Any], *, creating: bool, tenant_field: bool
         "rate_limit_per_s": _number(get("rate_limit_per_s"), nullable=True),
         "max_in_flight": _number(get("max_in_flight"), nullable=True),
         "ordered": form.get("ordered") == "on",
+        "paused": form.get("paused") == "on",
         "proxy": get("proxy").strip() or None,
     }
     for key in ("signature_header", "timestamp_header"):
@@ -114,6 +115,7 @@ def endpoint_values(ep: Endpoint | None) -> dict[str, str]:
         "rate_limit_per_s": "" if ep.rate_limit_per_s is None else f"{ep.rate_limit_per_s:g}",
         "max_in_flight": "" if ep.max_in_flight is None else str(ep.max_in_flight),
         "ordered": "on" if ep.ordered else "",
+        "paused": "on" if ep.paused else "",
         "proxy": "" if ep.proxy is None else _shown_proxy(ep.proxy),
         "client_cert": (ep.tls.client_cert or "") if ep.tls else "",
         "ca": (ep.tls.ca or "") if ep.tls else "",
