@@ -250,6 +250,8 @@ class Daemon:
                 self.client.policy = self.policy
             logs.apply_level(new.log.level)
             await self.store.sync_event_types(new.event_types)
+            # The store's share (PostgreSQL: the claims' default limit, the cluster keys).
+            restart += await self.store.reconfigure(new)
             if self.dispatcher is not None:
                 self.dispatcher.update_config(new.delivery)
             self.config = new

@@ -6,6 +6,13 @@ requests are open, a short queue of deliveries claimed ahead, and when its next 
 delivery is due. The backlog itself stays on disk; claims ask the store for at most an
 endpoint's free slots plus its queue's room (CLAIM_AHEAD times its limit), so one slow or
 dead endpoint holds only its own slots and never delays the others.
+
+Where a claim holds one of the endpoint's slots for every daemon sharing the database
+(`Store.claims_hold_slots`, PostgreSQL), nothing is claimed ahead: a row waiting in this
+daemon's queue would keep another daemon from sending. A slot is then this daemon's from
+the claim until the outcome is stored, and only the free ones are asked for, so a claim
+answering "due now" for an endpoint whose slots are all this daemon's is not asked again
+until one of its requests is settled.
 Publishing wakes the loop; otherwise it sleeps until the earliest due time.
 
 A wake-up never walks every endpoint: it looks at the endpoints whose state changed since
@@ -65,11 +72,19 @@ RECORD_RETRY_FIRST_S = 0.05
 RECORD_RETRY_MAX_S = 1.0
 # Tries of an outcome write that fails for another reason than storage (see _record).
 RECORD_TRIES = 3
+# Where claims hold slots: an endpoint that got nothing though it had room and was said
+# to be due now (a slot of this daemon's that it does not know of, such as the claim of a
+# statement whose answer was lost, or a limit its view has not caught up with yet) is
+# asked again after this, not at once.
+EMPTY_CLAIM_RETRY_MS = 100
 
 
 @dataclass
 class _EndpointState:
     in_flight: int = 0
+    # Requests over whose outcome is not stored yet: where claims hold slots
+    # (Store.claims_hold_slots), each still holds one of the endpoint's.
+    settling: int = 0
     next_due: int | None = None  # ms; None: nothing pending that we know of
     next_send: float = 0.0  # ms; the rate limit's next free slot
     notified: int = 0  # bumped by every notify, to spot one that raced a claim
@@ -243,6 +258,10 @@ class Dispatcher:
         self.on_outcome = on_outcome
         # The `attempt_failed` lines, a few a minute per endpoint.
         self.attempt_log = attempt_log or AttemptLog(log)
+        # A claimed delivery holds a slot for all daemons until its outcome is stored: no
+        # claiming ahead, and a slot is free only once settled.
+        self._slots_held = store.claims_hold_slots
+        self._ahead = 0 if self._slots_held else CLAIM_AHEAD
         self._states: dict[str, _EndpointState] = {}
         # Endpoints to file again at the next wake-up: their state, their room or their
         # settings changed.
@@ -391,8 +410,9 @@ class Dispatcher:
     def _room(self, ep: Endpoint, st: _EndpointState) -> tuple[int, int, int]:
         """(room for more claims, how many it may claim ahead, its queue's capacity)."""
         limit = self._limit(ep)
-        prefetch = 0 if ep.ordered or ep.rate_limit_per_s else CLAIM_AHEAD * limit
-        return limit + prefetch - st.in_flight - len(st.ready), prefetch, max(prefetch, limit)
+        prefetch = 0 if ep.ordered or ep.rate_limit_per_s else self._ahead * limit
+        held = st.in_flight + len(st.ready) + (st.settling if self._slots_held else 0)
+        return limit + prefetch - held, prefetch, max(prefetch, limit)
 
     def _touch(self, endpoint_id: str) -> None:
         """This endpoint's state changed: file it again at the next wake-up."""
@@ -405,7 +425,7 @@ class Dispatcher:
         # A worker is busy while its request is open; writing the outcome happens after it
         # is free again (batched with other outcomes), bounded so that a slow disk pushes
         # back instead of piling up outcomes in memory.
-        free = (1 + CLAIM_AHEAD) * self.config.workers - self._attempting - self._queued
+        free = (1 + self._ahead) * self.config.workers - self._attempting - self._queued
         if len(self._tasks) >= RECORDING_FACTOR * self.config.workers or self._unwritten:
             free = 0  # (while storage refuses outcomes, nothing more is claimed)
         self._come_due(now)
@@ -569,8 +589,11 @@ class Dispatcher:
         next_due: dict[str, int | None],
     ) -> None:
         now = now_ms()
+        got = {c.endpoint_id for c in claimed} if self._slots_held else set()
         for endpoint_id, due in next_due.items():
             st = self._state(endpoint_id)
+            if self._slots_held and due is not None and due <= now and endpoint_id not in got:
+                due = now + EMPTY_CLAIM_RETRY_MS  # (see EMPTY_CLAIM_RETRY_MS)
             if st.notified == seen.get(endpoint_id):
                 st.next_due = due
             elif due is not None and (st.next_due is None or due < st.next_due):
@@ -668,6 +691,7 @@ class Dispatcher:
                 self.on_outcome(c, ep, outcome)
         finally:
             self._attempt_done(c)
+            self._settled_slot(c)
             self._tasks.pop(c.delivery_id, None)
             # The recording backlog shrank: the loop may claim again.
             self._wake.set()
@@ -821,7 +845,9 @@ class Dispatcher:
         if entry is None or not entry.attempting:
             return
         entry.attempting = False
-        self._state(c.endpoint_id).in_flight -= 1
+        st = self._state(c.endpoint_id)
+        st.in_flight -= 1
+        st.settling += 1
         self._attempting -= 1
         self.stats.in_flight = self._attempting
         self._start_ready(c.endpoint_id)
@@ -833,6 +859,17 @@ class Dispatcher:
                     break
                 self._start_ready(endpoint_id)
         self._wake.set()
+
+    def _settled_slot(self, c: Claimed) -> None:
+        """The delivery's outcome is stored (or it was given back): where claims hold
+        slots, its endpoint has one more free now."""
+        entry = self._tasks.get(c.delivery_id)
+        st = self._states.get(c.endpoint_id)
+        if entry is None or entry.attempting or st is None or st.settling <= 0:
+            return  # never counted (see _attempt_done), or its endpoint is forgotten
+        st.settling -= 1
+        if self._slots_held:
+            self._touch(c.endpoint_id)
 
     def _route(self, ep: Endpoint) -> http1.Route:
         """How `ep` is reached: its proxy, else delivery.proxy, and its TLS material. Built

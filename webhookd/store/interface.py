@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from webhookd import __version__
-from webhookd.config import EventTypeDecl
+from webhookd.config import Config, EventTypeDecl
 from webhookd.store.codec import BadCursor
 from webhookd.store.console import Chart, ChartBucket, DeliveryQuery, EndpointHealth
 from webhookd.store.models import (
@@ -146,6 +146,14 @@ class DueListener(Protocol):
 class Store(Protocol):
     """A storage backend. See the module docstring for the conventions."""
 
+    @property
+    def claims_hold_slots(self) -> bool:
+        """Whether a claimed delivery holds one of its endpoint's max_in_flight slots for
+        every daemon until its outcome or release is stored (PostgreSQL), rather than the
+        dispatcher keeping the limit in memory (SQLite). Then the dispatcher claims no more
+        than the free slots (nothing ahead), since a delivery waiting in its queue would
+        keep another daemon from sending."""
+
     # --- lifecycle and the daemon ------------------------------------------------------
 
     async def open(self) -> None:
@@ -161,6 +169,11 @@ class Store(Protocol):
 
     async def cluster(self) -> list[DaemonInfo]:
         """The daemons alive now sharing this database (on SQLite: this one)."""
+
+    async def reconfigure(self, config: Config) -> list[str]:
+        """A reload: apply the new config's settings this backend uses that can change
+        while it runs; return the keys of those that changed and apply only after a
+        restart (none: an empty list)."""
 
     async def write_problem(self, timeout_s: float = 2.0) -> str | None:
         """None if a real write committed within `timeout_s`, else why not (readiness)."""

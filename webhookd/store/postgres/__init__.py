@@ -26,4 +26,9 @@ def create(config: Config) -> PostgresStore:
     cluster = getattr(config, "cluster", None)
     lease_s = getattr(cluster, "lease_s", None) or config.delivery.timeout_s + LEASE_MARGIN_S
     heartbeat_s = getattr(cluster, "heartbeat_s", None) or HEARTBEAT_S
-    return PostgresStore(config.database, lease_s=lease_s, heartbeat_s=heartbeat_s)
+    return PostgresStore(
+        config.database,
+        lease_s=lease_s,
+        heartbeat_s=heartbeat_s,
+        default_limit=config.delivery.max_in_flight_per_endpoint,
+    )

@@ -97,14 +97,22 @@ class Cluster:
     ) -> None:
         self.db = db
         self.member = member
-        self.heartbeat_s = heartbeat_s
-        self.reap_every_s = min(REAP_EVERY_S, heartbeat_s)
-        # A daemon silent for longer is dead (see the module docstring).
-        self.alive_ms = int((lease_s - self.reap_every_s) * 1000)
         self.in_flight = in_flight
         self.on_reaped = on_reaped
         self.reaped = 0  # deliveries this daemon's reaper gave back, for tests and metrics
         self._task: asyncio.Task[None] | None = None
+        self._timing = asyncio.Event()  # set by configure(): the loop's times changed
+        self.configure(lease_s, heartbeat_s)
+
+    def configure(self, lease_s: float, heartbeat_s: float) -> None:
+        """Set (or, on a reload, change) the lease and the heartbeat period; a running
+        heartbeat loop takes them for its next beat and reap."""
+        self.lease_s = lease_s
+        self.heartbeat_s = heartbeat_s
+        self.reap_every_s = min(REAP_EVERY_S, heartbeat_s)
+        # A daemon silent for longer is dead (see the module docstring).
+        self.alive_ms = int((lease_s - self.reap_every_s) * 1000)
+        self._timing.set()
 
     async def beat(self) -> None:
         """Upsert this daemon's row with the database's clock (a daemon taken for dead
@@ -149,7 +157,15 @@ class Cluster:
         next_beat = loop.time() + self.heartbeat_s
         next_reap = loop.time()
         while True:
-            await asyncio.sleep(max(min(next_beat, next_reap) - loop.time(), 0.0))
+            self._timing.clear()
+            with contextlib.suppress(TimeoutError):
+                wait_s = max(min(next_beat, next_reap) - loop.time(), 0.0)
+                await asyncio.wait_for(self._timing.wait(), wait_s)
+            if self._timing.is_set():
+                # A reload changed the periods: the next beat and reap follow the new ones.
+                next_beat = min(next_beat, loop.time() + self.heartbeat_s)
+                next_reap = min(next_reap, loop.time() + self.reap_every_s)
+                continue
             try:
                 if loop.time() >= next_beat:
                     next_beat = loop.time() + self.heartbeat_s

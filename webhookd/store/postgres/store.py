@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from webhookd.config import EventTypeDecl
+from webhookd.config import Config, EventTypeDecl
 from webhookd.matching import subscribed
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
@@ -68,6 +68,10 @@ PUBLISH_TRIES = 3
 
 
 class PostgresStore(ConsoleQueries):
+    # A claimed row takes one of its endpoint's numbered slots (claims.py): the limit holds
+    # for all daemons, and the dispatcher claims nothing ahead (interface.Store).
+    claims_hold_slots = True
+
     def __init__(
         self,
         dsn: str,
@@ -148,6 +152,18 @@ class PostgresStore(ConsoleQueries):
 
     async def cluster(self) -> list[DaemonInfo]:
         return await self._cluster.daemons()
+
+    async def reconfigure(self, config: Config) -> list[str]:
+        """A reload applies at once: delivery.max_in_flight_per_endpoint (the limit of
+        endpoints without their own, in the next claim), cluster.lease_s (the lease of the
+        next claims, and how long a silent daemon is taken for alive) and
+        cluster.heartbeat_s (the next beat). The lease follows delivery.timeout_s, which
+        the dispatcher applies live too: keeping the old lease could leave it shorter than
+        a request. Claims already made keep their lease."""
+        self.claims.default_limit = config.delivery.max_in_flight_per_endpoint
+        self.claims.lease_ms = int(config.cluster.lease_s * 1000)
+        self._cluster.configure(config.cluster.lease_s, config.cluster.heartbeat_s)
+        return []
 
     async def write_problem(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         """A real write (the write_probe row rewritten and committed). Concurrent checks

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import aiosqlite
 import orjson
 
-from webhookd.config import EventTypeDecl
+from webhookd.config import Config, EventTypeDecl
 from webhookd.ids import new_id
 from webhookd.store.codec import decode_cursor, encode_cursor
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
@@ -87,6 +87,9 @@ __all__ = ["BUSY_TIMEOUT_MS", "SQLiteStore"]
 
 
 class SQLiteStore(ConsoleQueries):
+    # The dispatcher keeps the endpoints' limits: one daemon per file (interface.Store).
+    claims_hold_slots = False
+
     def __init__(self, path: str, *, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         """`busy_timeout_ms`: how long a statement waits for another process's lock
         before it fails (tests set it low to see a locked database at once)."""
@@ -839,6 +842,11 @@ class SQLiteStore(ConsoleQueries):
     async def cluster(self) -> list[DaemonInfo]:
         # One daemon per SQLite file: this one, alive as it answers.
         return [DaemonInfo(self._member, now_ms(), self._in_flight())]
+
+    async def reconfigure(self, config: Config) -> list[str]:
+        """Nothing of a reloaded config is the SQLite store's (`database` is restart-only,
+        `cluster` is for PostgreSQL)."""
+        return []
 
     def write_stats(self) -> WriteStats | None:
         w = self.writer
