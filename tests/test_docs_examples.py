@@ -15,6 +15,9 @@ Markers, an HTML comment on the line right above a block (invisible on a rendere
 - `<!-- example: background "TEXT" -->`: a long-running command (a daemon, a receiver),
   started and left running until the document is done; the next block starts once its
   output shows TEXT.
+- `<!-- example: stop "TEXT" -->`: before the block, the running background command that
+  contains TEXT gets SIGINT (the reader's Ctrl-C in its terminal) and has exited; the
+  quick start stops its receiver this way to force a retry.
 
 The only rewrites, so that examples written for a reader's machine run beside other tests:
 `127.0.0.1:8080` becomes the test daemon's address and port `9000` (the quick start's
@@ -42,7 +45,9 @@ import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 
@@ -113,6 +118,8 @@ class Workspace:
 
     async def run(self, block: Block) -> None:
         code = rewrite(block.code, self.api_port, self.receiver_port)
+        if block.marker.startswith("stop"):
+            await self._stop(block)
         if block.marker.startswith("background"):
             await self._background(block, code)
         elif block.lang == "python":
@@ -150,6 +157,16 @@ class Workspace:
             return ready.group(1) in out.read_text()
 
         await wait_until(started, BLOCK_TIMEOUT_S, f"{block.where} to print {ready.group(1)}")
+
+    async def _stop(self, block: Block) -> None:
+        text = re.search(r'"([^"]+)"', block.marker)
+        assert text is not None, f"{block.where}: stop needs the command's text"
+        running = [
+            p for p, _ in self.background if p.poll() is None and text.group(1) in str(p.args)
+        ]
+        assert len(running) == 1, f"{block.where}: {len(running)} running commands match"
+        os.killpg(running[0].pid, signal.SIGINT)
+        await wait_until(lambda: running[0].poll() is not None, BLOCK_TIMEOUT_S, "Ctrl-C")
 
     async def _shell(self, block: Block, code: str) -> None:
         if self.shell is None:
@@ -255,19 +272,48 @@ def runnable(doc: str) -> tuple[list[Block], list[str]]:
     return run, missing
 
 
+async def api_get(space: Workspace, path: str) -> Any:
+    url = f"http://127.0.0.1:{space.api_port}{path}"
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        assert resp.status == 200, await resp.text()
+        return await resp.json()
+
+
+async def delivery(space: Workspace, event_type: str, status: str) -> Any:
+    """The newest delivery of `event_type` once it has `status`, with its attempts."""
+
+    async def newest() -> Any:
+        page = await api_get(space, f"/v1/deliveries?event_type={event_type}&limit=1")
+        row = page["data"][0]
+        return row if row["status"] == status else None
+
+    row = await wait_until(newest, 20, f"the {event_type} delivery to be {status}")
+    return await api_get(space, f"/v1/deliveries/{row['id']}")
+
+
 async def test_readme_quick_start_runs_as_written(space: Workspace) -> None:
     todo, missing = runnable("README.md")
     assert not missing
-    assert [b.marker.split()[0] for b in todo if b.marker] == ["background", "background"]
+    markers = [b.marker.split()[0] for b in todo if b.marker]
+    assert markers == ["background", "background", "stop", "background"]
     for block in todo:
         await space.run(block)
-    _, receiver_out = space.background[1]
-    # The quick start's promise: the receiver printed the delivery, verified.
-    await wait_until(
-        lambda: "signature OK (standard)" in receiver_out.read_text(), 20, "the delivery"
-    )
-    assert "type=order.created" in receiver_out.read_text()
-    assert space.ran == len(todo) == 4
+    assert space.ran == len(todo) == 9
+    # A verified delivery: the first receiver printed it, its signature checked.
+    first = space.background[1][1].read_text()
+    assert "type=order.created" in first and "signature OK (standard)" in first
+    # A forced retry: refused while the receiver was stopped, then sent by hand.
+    retried = await delivery(space, "order.created", "delivered")
+    tries = [(a["trigger"], a["error_kind"]) for a in retried["attempts"]]
+    assert tries[0] == ("scheduled", "connection_refused") and tries[-1] == ("manual", None)
+    # Paused then resumed: nothing attempted until the endpoint was resumed.
+    held = await delivery(space, "order.paid", "delivered")
+    endpoint = await api_get(space, f"/v1/endpoints/{held['endpoint_id']}")
+    assert not endpoint["paused"]
+    assert [a["started_at"] >= endpoint["updated_at"] for a in held["attempts"]] == [True]
+    second = space.background[2][1]
+    await wait_until(lambda: "type=order.paid" in second.read_text(), 20, "order.paid")
+    assert second.read_text().count("signature OK (standard)") == 2
 
 
 @pytest.mark.parametrize("doc", [d for d in DOCS if d != "README.md" and d not in NOT_RUN])
@@ -291,7 +337,7 @@ async def test_docs_examples_run_as_written(
 
 
 def test_markers_are_known_and_every_document_is_covered() -> None:
-    known = ("skip (", "needs ", 'background "')
+    known = ("skip (", "needs ", 'background "', 'stop "')
     for doc in DOCS:
         for block in blocks(doc):
             assert not block.marker or block.marker.startswith(known), block.where
