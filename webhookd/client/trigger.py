@@ -38,6 +38,8 @@ def add_trigger(sub: Any) -> None:
         "trigger",
         parents=[common_options()],
         help="publish an event (the type's example payload, or {}) and show its deliveries",
+        description="Publish one event of TYPE (its example payload unless --payload is "
+        "given) and print the event id and its deliveries.",
     )
     p.add_argument("type", metavar="TYPE", help="event type, e.g. order.created")
     p.add_argument("--payload", type=json_object, metavar="JSON", help="the payload object")
