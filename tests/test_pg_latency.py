@@ -194,3 +194,14 @@ async def test_a_daemon_started_later_attempts_a_retry_scheduled_before_on_time(
 
 async def _fans_out(d: Daemon) -> bool:
     return bool((await d.publish(payload={"warm": True}))["deliveries"])
+
+
+def test_a_publish_notice_names_its_endpoints_when_they_fit() -> None:
+    from webhookd.store.postgres import wakeups
+
+    # The other daemons need no query to learn what became due ...
+    few = wakeups.published_notice("d1", [7, 3], [("ep_a", 5), ("ep_b", 9), ("ep_a", 4)])
+    assert few == '{"from":"d1","due":[["ep_a",4],["ep_b",9]]}'
+    # ... unless the events fan out to more endpoints than a notice holds.
+    fan_out = [(f"ep_{i:026d}", 1_796_000_000_000) for i in range(300)]
+    assert wakeups.published_notice("d1", [7, 3], fan_out) == '{"from":"d1","seq":[3,7]}'

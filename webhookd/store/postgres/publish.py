@@ -4,8 +4,8 @@ A few statements however large the batch: the caller-chosen ids looked up at onc
 keys for the new events taken from their sequence in one round trip (so deliveries can
 refer to them), then the events and the deliveries each streamed with COPY. The
 transaction ends with one notice to the other daemons (wakeups.notify_published: the
-range of the new events' seqs), per call and never per row (a NOTIFY takes a
-database-wide lock at commit).
+endpoints and due times of the new deliveries, or the range of the new events' seqs),
+per call and never per row (a NOTIFY takes a database-wide lock at commit).
 
 Idempotency holds across daemons through the unique index on (id, tenant): a repeat that
 races the original on another daemon fails on it, and the call is run again, when it
@@ -66,7 +66,10 @@ async def publish(
                 for row in staged.delivery_rows:
                     await copy.write_row(row)
     await _count_repeats(conn, staged)
-    await wakeups.notify_published(conn, member_id, [r.event.seq for r in staged.results if r.due])
+    announced = [r for r in staged.results if r.due]
+    await wakeups.notify_published(
+        conn, member_id, [r.event.seq for r in announced], [d for r in announced for d in r.due]
+    )
     return staged.results
 
 
