@@ -11,7 +11,9 @@ Markers, an HTML comment on the line right above a block (invisible on a rendere
 - `<!-- example: skip (why) -->`: not run. For the few that install software, touch a
   production host's paths, or are fragments of a receiver that only make sense inside one.
 - `<!-- example: needs TOOL -->`: run when TOOL is on PATH, else left out (and named in
-  the test's output).
+  the test's output). `needs postgresql` (no such command) is never run here: such a
+  block needs a PostgreSQL server set up as its document says (docs/postgresql.md;
+  tests/test_pg_*.py run the same steps against a throwaway cluster).
 - `<!-- example: background "TEXT" -->`: a long-running command (a daemon, a receiver),
   started and left running until the document is done; the next block starts once its
   output shows TEXT.
