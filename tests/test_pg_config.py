@@ -3,6 +3,10 @@ what is shown."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from typing import Any
+
 import pytest
 
 from webhookd.config import ConfigError, config_from_mapping, redact_dsn
@@ -61,3 +65,18 @@ def test_a_bad_database_value_is_not_echoed() -> None:
 )
 def test_redact_dsn(dsn: str, shown: str) -> None:
     assert redact_dsn(dsn) == shown
+
+
+def test_check_config_does_not_print_the_password(tmp_path: Any) -> None:
+    cfg = tmp_path / "webhookd.yaml"
+    cfg.write_text("database: postgresql://webhookd:s3cret-pw@db.internal/webhookd\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "webhookd", "check-config", "-c", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "db.internal" in done.stdout
+    assert "s3cret-pw" not in done.stdout + done.stderr

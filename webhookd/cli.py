@@ -85,7 +85,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return _config_errors(exc.problems, "")
     print(
-        f"{args.config}: OK (listen {config.listen}, database {config.database}, "
+        f"{args.config}: OK (listen {config.listen}, database {config.database_shown}, "
         f"{len(config.api_keys)} API keys, {len(config.event_types)} event types)"
     )
     return EXIT_OK

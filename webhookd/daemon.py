@@ -271,8 +271,6 @@ class Daemon:
         finally:
             self.notifier.ready()
 
-    # --- shutdown -------------------------------------------------------------------
-
     def _with_override(self, new: Config) -> Config:
         """The reloaded config with --listen kept over the file's `listen`: the address
         the daemon is bound to (and the unix socket shutdown removes) stays the same, and
@@ -289,6 +287,8 @@ class Daemon:
                 ]
             )
         return new
+
+    # --- shutdown -------------------------------------------------------------------
 
     async def shutdown(self) -> None:
         self.state.stopping = True
