@@ -2,86 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
-from webhookd.signing import SignatureSpec
-from webhookd.store.models import Delivery, Endpoint, EndpointTLS, PreviousSecret
-
-DELIVERY_COLS = (
-    "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
-    "next_attempt_at, created_at, updated_at, seq"
-)
-ENDPOINT_COLS = (
-    "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
-    "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
-    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, paused, seq"
-)
-
-
-def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
-    fmt = orjson.loads(row[11])
-    sig = orjson.loads(row[10])
-    return Endpoint(
-        id=row[0],
-        url=row[1],
-        tenant=row[2],
-        description=row[3],
-        metadata=orjson.loads(row[4]),
-        events=tuple(orjson.loads(row[5])),
-        active=bool(row[6]),
-        disabled_reason=row[7],
-        secret=row[8],
-        previous_secrets=tuple(
-            PreviousSecret(secret=p["secret"], expires_at=p["expires_at"])
-            for p in orjson.loads(row[9])
-        ),
-        signature=SignatureSpec(
-            scheme=sig.get("scheme", "standard"),
-            header=sig.get("header"),
-            timestamp_header=sig.get("timestamp_header"),
-        ),
-        formats=tuple(fmt) if isinstance(fmt, list) else (fmt,),
-        format_is_list=isinstance(fmt, list),
-        headers=orjson.loads(row[12]),
-        delay_s=row[13],
-        rate_limit_per_s=row[14],
-        max_in_flight=row[15],
-        ordered=bool(row[16]),
-        last_success_at=row[17],
-        failing_since=row[18],
-        created_at=row[19],
-        updated_at=row[20],
-        proxy=row[21],
-        tls=tls_from_json(row[22]),
-        paused=bool(row[23]),
-    )
-
-
-def tls_from_json(text: str | None) -> EndpointTLS | None:
-    if text is None:
-        return None
-    doc = orjson.loads(text)
-    return EndpointTLS(
-        client_cert=doc.get("client_cert"), client_key=doc.get("client_key"), ca=doc.get("ca")
-    )
-
-
-def delivery_from_row(row: Sequence[Any]) -> Delivery:
-    return Delivery(
-        id=row[0],
-        event_id=row[1],
-        event_type=row[2],
-        endpoint_id=row[3],
-        tenant=row[4],
-        status=row[5],
-        attempt_count=row[6],
-        next_attempt_at=row[7] if row[5] == "pending" else None,
-        created_at=row[8],
-        updated_at=row[9],
-    )
+# Shared by both backends; re-exported for this backend's modules.
+from webhookd.store.records import DELIVERY_COLS as DELIVERY_COLS
+from webhookd.store.records import ENDPOINT_COLS as ENDPOINT_COLS
+from webhookd.store.records import delivery_from_row as delivery_from_row
+from webhookd.store.records import endpoint_from_row as endpoint_from_row
+from webhookd.store.records import tls_from_json as tls_from_json
 
 
 def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
