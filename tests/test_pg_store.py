@@ -386,3 +386,32 @@ async def test_views_catch_up_after_the_listen_connection_is_lost(pg_dsn: str) -
         await wait_until(a.listener.connected.is_set, 10, "a to listen again")
         up = await b.update_endpoint(ep.id, {"description": "after"})
         await wait_until(lambda: a.endpoint(ep.id) == up, 10, "a to hear of the change")
+
+
+async def test_receiver_options_and_event_fields_round_trip(store: Any) -> None:
+    """The columns of the receiver-facing options and of events' channels, trace context
+    and erasure time are stored and read back the same on both backends, and a claim
+    carries the event's traceparent to the dispatcher."""
+    auth = {"type": "basic", "username": "u", "password": "p"}
+    flt = {"data.amount": {"$gt": 10}}
+    ep = await store.create_endpoint({**EP, "auth": auth, "filter": flt, "channels": ["eu"]})
+    for got in (ep, await store.get_endpoint(ep.id)):
+        assert (got.auth, got.filter, got.channels) == (auth, flt, ("eu",))
+    changed = await store.update_endpoint(ep.id, {"auth": None, "channels": None})
+    assert (changed.auth, changed.filter, changed.channels) == (None, flt, None)
+
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    ev = new_event(1)
+    ev.channels, ev.traceparent = ("eu", "us"), traceparent
+    (res,) = await store.publish([ev])
+    assert (res.event.channels, res.event.traceparent) == (("eu", "us"), traceparent)
+    stored, _ = await store.get_event(ev.id)
+    assert (stored.channels, stored.traceparent, stored.payload_erased_at) == (
+        ("eu", "us"),
+        traceparent,
+        None,
+    )
+    page = await store.list_events(cursor=None, limit=10)
+    assert [e.traceparent for e in page.data] == [traceparent]
+    claimed, _ = await store.claim({ep.id: 5}, now_ms())
+    assert [c.event.traceparent for c in claimed] == [traceparent]

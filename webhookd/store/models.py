@@ -55,6 +55,9 @@ class EventType:
     description: str
     source: str  # builtin | config | api
     created_at: int
+    # A JSON Schema (draft 2020-12) for the payload, and an example payload; None: none.
+    schema: dict[str, Any] | None = None
+    example: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,13 @@ class Endpoint:
     tls: EndpointTLS | None = None
     # Deliveries stay pending, unclaimed, until unpaused (unlike active=False: none skipped).
     paused: bool = False
+    # How webhookd authenticates to the receiver, as the API took it ({"type": "basic" |
+    # "bearer" | "oauth2", ...}), secrets included: out of repr, write-only in answers.
+    auth: dict[str, Any] | None = field(default=None, repr=False)
+    # Only events whose envelope matches create deliveries (None: every event).
+    filter: dict[str, Any] | None = None
+    # Only events published with at least one of these channels (None: every event).
+    channels: tuple[str, ...] | None = None
 
     def signing_secrets(self, now_ms: int) -> list[str]:
         """The current secret first, then rotated-out ones still within their grace."""
@@ -122,6 +132,9 @@ class Event:
     deliver_at: int | None
     created_at: int
     seq: int = 0
+    channels: tuple[str, ...] | None = None
+    traceparent: str | None = None  # the publisher's W3C trace context, kept for attempts
+    payload_erased_at: int | None = None  # set: payload_json is b"" (erased)
 
 
 @dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__
@@ -135,6 +148,8 @@ class NewEvent:
     body_hash: bytes | None  # set when the caller chose the id: idempotency
     deliver_at: int | None
     only_endpoint: str | None = None  # a test event goes to this endpoint alone
+    channels: tuple[str, ...] | None = None
+    traceparent: str | None = None
 
 
 @dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__

@@ -12,13 +12,22 @@ from typing import Any
 import orjson
 
 from webhookd.signing import SignatureSpec
-from webhookd.store.models import Delivery, Endpoint, EndpointTLS, PreviousSecret
+from webhookd.store.models import Delivery, Endpoint, EndpointTLS, Event, EventType, PreviousSecret
 
 ENDPOINT_COLS = (
     "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
     "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
-    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, paused, seq"
+    "ordered, last_success_at, failing_since, created_at, updated_at, proxy, tls, paused, "
+    "auth, filter, channels, seq"
 )
+# Both backends read events in this order; `seq` last, as the list cursors need.
+EVENT_COLS = (
+    "id, type, tenant, payload, deliver_at, created_at, channels, traceparent, "
+    "payload_erased_at, seq"
+)
+EVENT_TYPE_COLS = "name, description, source, created_at, schema, example"
+# Endpoint fields kept as JSON text where NULL means "none" (not an empty value).
+NULLABLE_JSON_FIELDS = ("tls", "auth", "filter", "channels")
 DELIVERY_COLS = (
     "id, event_id, event_type, endpoint_id, tenant, status, attempt_count, "
     "next_attempt_at, created_at, updated_at, seq"
@@ -61,6 +70,9 @@ def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
         proxy=row[21],
         tls=tls_from_json(row[22]),
         paused=bool(row[23]),
+        auth=None if row[24] is None else orjson.loads(row[24]),
+        filter=None if row[25] is None else orjson.loads(row[25]),
+        channels=None if row[26] is None else tuple(orjson.loads(row[26])),
     )
 
 
@@ -71,6 +83,38 @@ def tls_from_json(text: str | None) -> EndpointTLS | None:
     return EndpointTLS(
         client_cert=doc.get("client_cert"), client_key=doc.get("client_key"), ca=doc.get("ca")
     )
+
+
+def event_from_row(row: Sequence[Any]) -> Event:
+    """An event from EVENT_COLS (the payload as bytes, or a buffer of them)."""
+    return Event(
+        id=row[0],
+        type=row[1],
+        tenant=row[2],
+        payload_json=bytes(row[3]),
+        deliver_at=row[4],
+        created_at=row[5],
+        channels=None if row[6] is None else tuple(orjson.loads(row[6])),
+        traceparent=row[7],
+        payload_erased_at=row[8],
+        seq=row[9],
+    )
+
+
+def event_type_from_row(row: Sequence[Any]) -> EventType:
+    return EventType(
+        name=row[0],
+        description=row[1],
+        source=row[2],
+        created_at=row[3],
+        schema=None if row[4] is None else orjson.loads(row[4]),
+        example=None if row[5] is None else orjson.loads(row[5]),
+    )
+
+
+def json_or_null(value: Any) -> str | None:
+    """A nullable JSON column's text."""
+    return None if value is None else orjson.dumps(value).decode()
 
 
 def delivery_from_row(row: Sequence[Any]) -> Delivery:

@@ -179,7 +179,8 @@ spent AS (
 )
 SELECT c.id, c.endpoint_id, c.attempt_count, c.failures, c.format_index, c.manual,
        c.resume_at, c.lease_token,
-       ev.id, ev.type, ev.tenant, ev.payload, ev.deliver_at, ev.created_at, ev.seq, ep.ordered
+       ev.id, ev.type, ev.tenant, ev.payload, ev.deliver_at, ev.created_at, ev.seq, ep.ordered,
+       ev.traceparent
 FROM claimed c JOIN events ev ON ev.seq = c.event_seq JOIN ep ON ep.id = c.endpoint_id
 """
 
@@ -284,7 +285,9 @@ def _look_again(look: _Look | None, now: int) -> int | None:
 def _claimed_from_row(r: Sequence[Any], events: dict[int, Event]) -> Claimed:
     event = events.get(r[14])
     if event is None:
-        event = events[r[14]] = Event(r[8], r[9], r[10], bytes(r[11]), r[12], r[13], r[14])
+        event = events[r[14]] = Event(
+            r[8], r[9], r[10], bytes(r[11]), r[12], r[13], r[14], traceparent=r[16]
+        )
     return Claimed(
         delivery_id=r[0],
         endpoint_id=r[1],

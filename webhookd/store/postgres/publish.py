@@ -23,6 +23,7 @@ from webhookd.store.models import Conflict, Endpoint, Event, NewEvent, PublishRe
 from webhookd.store.postgres import wakeups
 from webhookd.store.postgres.db import Conn
 from webhookd.store.postgres.rows import EVENT_COLS, event_from_row
+from webhookd.store.records import json_or_null
 
 EVENTS_ID_INDEX = "events_id"
 
@@ -31,7 +32,8 @@ EventKey = tuple[str | None, str]  # (tenant, id): ids are unique per tenant
 _Existing = dict[EventKey, tuple[Event, bytes | None]]
 
 _COPY_EVENTS = (
-    "COPY events (seq, id, type, tenant, payload, body_hash, deliver_at, created_at) FROM STDIN"
+    "COPY events (seq, id, type, tenant, payload, body_hash, deliver_at, created_at, channels, "
+    "traceparent) FROM STDIN"
 )
 _COPY_DELIVERIES = (
     "COPY deliveries (id, event_seq, event_id, event_type, endpoint_id, tenant, status, "
@@ -86,7 +88,7 @@ async def _existing_events(conn: Conn, events: Sequence[NewEvent]) -> _Existing:
     for r in await cur.fetchall():
         # Other tenants' events with the same id are not this caller's business.
         if (r[2], r[0]) in wanted:
-            existing[r[2], r[0]] = (event_from_row(r), None if r[7] is None else bytes(r[7]))
+            existing[r[2], r[0]] = (event_from_row(r), None if r[10] is None else bytes(r[10]))
     return existing
 
 
@@ -117,10 +119,31 @@ def _stage(
             staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
             continue
         seq = next(seq_iter)
-        event = Event(ev.id, ev.type, ev.tenant, ev.payload_json, ev.deliver_at, now, seq)
+        event = Event(
+            ev.id,
+            ev.type,
+            ev.tenant,
+            ev.payload_json,
+            ev.deliver_at,
+            now,
+            seq,
+            channels=ev.channels,
+            traceparent=ev.traceparent,
+        )
         mine[key] = (event, ev.body_hash)
         staged.event_rows.append(
-            (seq, ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+            (
+                seq,
+                ev.id,
+                ev.type,
+                ev.tenant,
+                ev.payload_json,
+                ev.body_hash,
+                ev.deliver_at,
+                now,
+                json_or_null(ev.channels),
+                ev.traceparent,
+            )
         )
         staged.results.append(_fan_out_rows(staged, event, ev, fan_out, now))
     return staged

@@ -9,21 +9,20 @@ from typing import Any
 
 import orjson
 
-from webhookd.store.models import (
-    Attempt,
-    Event,
-    EventType,
-)
+from webhookd.store.models import Attempt
 
 # Shared by both backends; re-exported for this backend's modules.
 from webhookd.store.records import DELIVERY_COLS as DELIVERY_COLS
 from webhookd.store.records import ENDPOINT_COLS as ENDPOINT_COLS
+from webhookd.store.records import EVENT_COLS as EVENT_COLS
+from webhookd.store.records import EVENT_TYPE_COLS as EVENT_TYPE_COLS
+from webhookd.store.records import NULLABLE_JSON_FIELDS, json_or_null
 from webhookd.store.records import delivery_from_row as delivery_from_row
 from webhookd.store.records import endpoint_from_row as endpoint_from_row
+from webhookd.store.records import event_from_row as event_from_row
+from webhookd.store.records import event_type_from_row as event_type_from_row
 from webhookd.store.records import tls_from_json as tls_from_json
 
-EVENT_COLS = "id, type, tenant, payload, deliver_at, created_at, seq"
-EVENT_TYPE_COLS = "name, description, source, created_at"
 ATTEMPT_COLS = (
     "number, started_at, duration_ms, trigger, format, request_headers, status_code, "
     "response_headers, response_body, error_kind, error_message"
@@ -40,27 +39,11 @@ def endpoint_columns(values: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = orjson.dumps(value).decode()
         elif key in ("active", "ordered", "paused"):
             out[key] = bool(value)
-        elif key == "tls":
-            out[key] = None if value is None else orjson.dumps(value).decode()
+        elif key in NULLABLE_JSON_FIELDS:
+            out[key] = json_or_null(value)
         else:
             out[key] = value
     return out
-
-
-def event_from_row(row: Sequence[Any]) -> Event:
-    return Event(
-        id=row[0],
-        type=row[1],
-        tenant=row[2],
-        payload_json=bytes(row[3]),
-        deliver_at=row[4],
-        created_at=row[5],
-        seq=row[6],
-    )
-
-
-def event_type_from_row(row: Sequence[Any]) -> EventType:
-    return EventType(name=row[0], description=row[1], source=row[2], created_at=row[3])
 
 
 def attempt_from_row(row: Sequence[Any]) -> Attempt:

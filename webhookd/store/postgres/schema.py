@@ -190,4 +190,17 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE endpoints ADD COLUMN paused boolean NOT NULL DEFAULT false;
     """,
+    # 4: receiver-facing options and the event fields that go with them (as SQLite's
+    # migration 7): endpoint auth, filter and channels; event channels, traceparent and
+    # payload erasure time; event-type schema and example. JSON as text, as elsewhere.
+    """
+    ALTER TABLE endpoints ADD COLUMN auth text;
+    ALTER TABLE endpoints ADD COLUMN filter text;
+    ALTER TABLE endpoints ADD COLUMN channels text;
+    ALTER TABLE events ADD COLUMN channels text;
+    ALTER TABLE events ADD COLUMN traceparent text;
+    ALTER TABLE events ADD COLUMN payload_erased_at bigint;
+    ALTER TABLE event_types ADD COLUMN schema text;
+    ALTER TABLE event_types ADD COLUMN example text;
+    """,
 ]

@@ -23,6 +23,7 @@ from webhookd.store.models import (
     Outcome,
     PublishResult,
 )
+from webhookd.store.sqlite.rows import EVENT_COLS, event_from_row, json_or_null
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ INSERT_DELIVERIES = (
     "status, next_attempt_at, created_at, updated_at)"
 )
 INSERT_EVENTS = (
-    "INSERT INTO events(seq, id, type, tenant, payload, body_hash, deliver_at, created_at)"
+    "INSERT INTO events(seq, id, type, tenant, payload, body_hash, deliver_at, created_at, "
+    "channels, traceparent)"
 )
 # A delivery's row (see _stage) holds its status and due time at these places.
 _STATUS, _DUE = 6, 7
@@ -111,7 +113,7 @@ def claim_select(parts: Sequence[str]) -> str:
     return (
         "SELECT json_group_array(json_array(d.id, d.endpoint_id, d.attempt_count, "
         "d.failures, d.format_index, d.manual, d.resume_at, e.id, e.type, e.tenant, "
-        "hex(e.payload), e.deliver_at, e.created_at, e.seq)) FROM deliveries d "
+        "hex(e.payload), e.deliver_at, e.created_at, e.seq, e.traceparent)) FROM deliveries d "
         "JOIN events e ON e.seq=d.event_seq JOIN endpoints p ON p.id=d.endpoint_id "
         "WHERE p.paused=0 AND d.id IN (" + " UNION ALL ".join(parts) + ")"
     )
@@ -158,7 +160,7 @@ def publish_merged(
         if handed:
             _after_hand_over(store, handed)
     if event_rows:
-        insert_rows(conn, INSERT_EVENTS, 8, event_rows)
+        insert_rows(conn, INSERT_EVENTS, 10, event_rows)
     if delivery_rows:
         insert_rows(conn, INSERT_DELIVERIES, 10, delivery_rows)
     _count_repeats(conn, outputs)
@@ -185,13 +187,12 @@ def _existing_events(
     existing: dict[EventKey, tuple[Event, bytes | None]] = {}
     for r in select_in(
         conn,
-        "SELECT id, type, tenant, payload, deliver_at, created_at, seq, body_hash "
-        "FROM events WHERE id IN ({marks})",
+        f"SELECT {EVENT_COLS}, body_hash FROM events WHERE id IN ({{marks}})",
         {event_id for _, event_id in wanted},
     ):
         # Other tenants' events with the same id are not this caller's business.
         if (r[2], r[0]) in wanted:
-            existing[r[2], r[0]] = (Event(*r[:7]), r[7])
+            existing[r[2], r[0]] = (event_from_row(r), r[10])
     return existing
 
 
@@ -255,10 +256,23 @@ def _stage(
             deliver_at=ev.deliver_at,
             created_at=now,
             seq=seq,
+            channels=ev.channels,
+            traceparent=ev.traceparent,
         )
         staged.existing[key] = (event, ev.body_hash)
         staged.event_rows.append(
-            (seq, ev.id, ev.type, ev.tenant, ev.payload_json, ev.body_hash, ev.deliver_at, now)
+            (
+                seq,
+                ev.id,
+                ev.type,
+                ev.tenant,
+                ev.payload_json,
+                ev.body_hash,
+                ev.deliver_at,
+                now,
+                json_or_null(ev.channels),
+                ev.traceparent,
+            )
         )
         ids: list[str] = []
         pending: list[tuple[Endpoint, int, list[Any]]] = []

@@ -207,4 +207,19 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE endpoints ADD COLUMN paused INTEGER NOT NULL DEFAULT 0;
     """,
+    # 7: receiver-facing options and the event fields that go with them. Endpoints: how
+    # webhookd authenticates to the receiver (JSON, secrets included: write-only in the
+    # API), a content filter (JSON) and channels (a JSON list; NULL: every channel).
+    # Events: their channels (JSON list), the publisher's W3C traceparent, and when their
+    # payload was erased. Event types: a JSON Schema for the payload and an example (JSON).
+    """
+    ALTER TABLE endpoints ADD COLUMN auth TEXT;
+    ALTER TABLE endpoints ADD COLUMN filter TEXT;
+    ALTER TABLE endpoints ADD COLUMN channels TEXT;
+    ALTER TABLE events ADD COLUMN channels TEXT;
+    ALTER TABLE events ADD COLUMN traceparent TEXT;
+    ALTER TABLE events ADD COLUMN payload_erased_at INTEGER;
+    ALTER TABLE event_types ADD COLUMN schema TEXT;
+    ALTER TABLE event_types ADD COLUMN example TEXT;
+    """,
 ]

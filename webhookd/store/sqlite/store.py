@@ -56,9 +56,13 @@ from webhookd.store.sqlite.migrations import MIGRATIONS
 from webhookd.store.sqlite.rows import (
     DELIVERY_COLS,
     ENDPOINT_COLS,
+    EVENT_COLS,
+    EVENT_TYPE_COLS,
     delivery_from_row,
     endpoint_columns,
     endpoint_from_row,
+    event_from_row,
+    event_type_from_row,
     window,
 )
 from webhookd.store.sqlite.view import HEALTH_FIELDS, EndpointView
@@ -209,10 +213,8 @@ class SQLiteStore(ConsoleQueries):
             f"SELECT {ENDPOINT_COLS} FROM endpoints WHERE deleted_at IS NULL"
         ) as cur:
             self._view.replace_all(endpoint_from_row(r) for r in await cur.fetchall())
-        async with self._read.execute(
-            "SELECT name, description, source, created_at FROM event_types"
-        ) as cur:
-            self._event_types = {r[0]: EventType(*r) for r in await cur.fetchall()}
+        async with self._read.execute(f"SELECT {EVENT_TYPE_COLS} FROM event_types") as cur:
+            self._event_types = {r[0]: event_type_from_row(r) for r in await cur.fetchall()}
 
     async def write_problem(self, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
         """Why a write cannot commit now, or None when one just did (for readiness).
@@ -517,7 +519,7 @@ class SQLiteStore(ConsoleQueries):
         """The event with this id in `tenant` (None: the events without one), with its
         deliveries. Ids are unique per tenant only: with any tenant (`...`), an id that
         several tenants use raises AmbiguousId."""
-        sql = "SELECT id, type, tenant, payload, deliver_at, created_at, seq FROM events WHERE id=?"
+        sql = f"SELECT {EVENT_COLS} FROM events WHERE id=?"
         args: list[Any] = [event_id]
         if tenant is not ...:
             sql += " AND tenant IS ?"
@@ -528,7 +530,7 @@ class SQLiteStore(ConsoleQueries):
             raise NotFound(f"no event with id {event_id}")
         if len(rows) > 1:
             raise AmbiguousId(event_id, [r[2] for r in rows])
-        event = Event(*rows[0])
+        event = event_from_row(rows[0])
         async with self._read.execute(
             f"SELECT {DELIVERY_COLS} FROM deliveries WHERE event_seq=? ORDER BY seq",
             (event.seq,),
@@ -557,13 +559,13 @@ class SQLiteStore(ConsoleQueries):
         window(where, args, since, until)
         rows, nxt = await self._page(
             "events",
-            "id, type, tenant, payload, deliver_at, created_at, seq",
+            EVENT_COLS,
             where,
             args,
             cursor,
             limit,
         )
-        return Page([Event(*r) for r in rows], nxt)
+        return Page([event_from_row(r) for r in rows], nxt)
 
     # --- deliveries -----------------------------------------------------------------
 
@@ -918,7 +920,7 @@ def _claim_rows(
         event = events.get(r[7])
         if event is None:
             event = events[r[7]] = Event(
-                r[7], r[8], r[9], bytes.fromhex(r[10]), r[11], r[12], r[13]
+                r[7], r[8], r[9], bytes.fromhex(r[10]), r[11], r[12], r[13], traceparent=r[14]
             )
         claimed.append(
             Claimed(
