@@ -10,7 +10,8 @@ sent. The rate counts the answers that arrive after the warm-up and before the e
 Paced (`--mode paced --rate R`): open-loop; request i is sent at start + i/R whatever
 happened to the previous ones, for `--duration-s`. If the body contains the JSON string
 "__SENT_AT__", it is replaced at send time by the current Unix time (seconds, a number),
-so that a receiver can compute publish-to-arrival latency.
+so that a receiver can compute publish-to-arrival latency. SIGTERM ends a paced run early:
+no more requests are sent, those sent are waited for and the JSON is printed as usual.
 
 Prints one JSON object on stdout. Every loop is bounded in count and in time.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from collections import Counter
@@ -53,6 +55,7 @@ class Load:
         self.errors: Counter[str] = Counter()
         self.latencies: list[float] = []
         self.unexpected_body: str | None = None
+        self.stop: asyncio.Event | None = None  # set by SIGTERM (paced mode)
 
     def body(self) -> bytes:
         if len(self.parts) == 1:
@@ -125,6 +128,9 @@ class Load:
         pending: set[asyncio.Task[tuple[float, bool]]] = set()
         slots = asyncio.Semaphore(a.max_pending)
         t0 = time.perf_counter() + 0.05
+        sent = 0
+        self.stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.stop.set)
 
         async def send() -> tuple[float, bool]:
             try:
@@ -133,6 +139,8 @@ class Load:
                 slots.release()
 
         for i in range(total):
+            if self.stop is not None and self.stop.is_set():
+                break
             target = t0 + i / a.rate
             delay = target - time.perf_counter()
             if delay > 0:
@@ -142,6 +150,7 @@ class Load:
             task = asyncio.create_task(send(), name=f"loadgen-{i}")
             pending.add(task)
             task.add_done_callback(pending.discard)
+            sent += 1
         sent_s = time.perf_counter() - t0
         if pending:
             await asyncio.wait(pending, timeout=a.timeout_s + 5)
@@ -149,13 +158,14 @@ class Load:
         return {
             "mode": "paced",
             "target_rate": a.rate,
-            "requests": total,
-            "sent_rate": total / max(sent_s, 1e-9),
+            "requests": sent,
+            "sent_rate": sent / max(sent_s, 1e-9),
             "ok": ok,
             "send_lag_p50_ms": _quantile_ms(lags, 0.5),
             "send_lag_p99_ms": _quantile_ms(lags, 0.99),
             "latency_p50_ms": _quantile_ms(self.latencies, 0.5),
             "latency_p99_ms": _quantile_ms(self.latencies, 0.99),
+            "latency_max_ms": _quantile_ms(self.latencies, 1.0),
         }
 
     async def run(self) -> dict[str, Any]:
