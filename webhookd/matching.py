@@ -1,8 +1,13 @@
-"""Which endpoints an event reaches: the `events` filter of an endpoint. Pure functions."""
+"""Which endpoints an event reaches: an endpoint's `events` patterns, its `channels` and
+its content `filter` (webhookd.filters). Pure functions."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
+
+from webhookd.filters import envelope
+from webhookd.store.models import Endpoint, NewEvent
 
 RESERVED_PREFIX = "webhookd."
 
@@ -24,3 +29,28 @@ def pattern_matches(pattern: str, event_type: str) -> bool:
 
 def subscribed(patterns: Iterable[str], event_type: str) -> bool:
     return any(pattern_matches(p, event_type) for p in patterns)
+
+
+def routed(endpoints: Iterable[Endpoint], ev: NewEvent, created_at: int) -> list[Endpoint]:
+    """The endpoints an event goes to, of `endpoints` (the fan-out of both backends): its
+    tenant's endpoints subscribed to its type, then, for those with channels, the ones
+    sharing one of the event's channels, then, for those with a filter, the ones whose
+    filter matches the event's envelope. The payload is parsed at most once per event,
+    and only when a candidate has a filter; a test event (`only_endpoint`) is not
+    filtered at all (the caller sends it to that endpoint alone)."""
+    out: list[Endpoint] = []
+    env: dict[str, Any] | None = None
+    channels = frozenset(ev.channels or ())
+    for ep in endpoints:
+        if ep.tenant != ev.tenant or not subscribed(ep.events, ev.type):
+            continue
+        if ep.channels is not None and channels.isdisjoint(ep.channels):
+            continue
+        flt = ep.compiled_filter
+        if flt is not None:
+            if env is None:
+                env = envelope(ev.id, ev.type, created_at, ev.tenant, ev.payload_json)
+            if not flt.matches(env):
+                continue
+        out.append(ep)
+    return out

@@ -12,7 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from webhookd import jsonio, netguard, signing
-from webhookd.api import serialize
+from webhookd.api import routing, serialize
 from webhookd.api.context import ANY_TENANT, State, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
@@ -57,6 +57,8 @@ MUTABLE = (
     "paused",
     "proxy",
     "tls",
+    "filter",
+    "channels",
 )
 RESERVED_HEADERS = {
     "content-type",
@@ -283,6 +285,7 @@ def validate_fields(
         out["proxy"] = check_proxy(body["proxy"], config, current, problems)
     if "tls" in body:
         out["tls"] = check_tls(body["tls"], current, problems)
+    routing.endpoint_fields(body, problems, out)
     problems.raise_if_any()
     if creating and "secret" not in out:
         out["secret"] = signing.generate_secret()

@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import jsonio
-from webhookd.api import serialize
+from webhookd.api import routing, serialize
 from webhookd.api.context import (
     ANY_TENANT,
     State,
@@ -68,7 +68,9 @@ def _check_event(
         problems.add(loc, "expected a JSON object with type and payload")
         return None
     start = len(problems.items)
-    unknown_fields(body, ("type", "payload", "tenant", "id", "deliver_at"), problems, loc)
+    unknown_fields(
+        body, ("type", "payload", "tenant", "id", "deliver_at", "channels"), problems, loc
+    )
     # Checked in this order so that `detail` lists the fields' problems in it.
     event_type = _check_type(body, loc, st, problems)
     payload = body.get("payload")
@@ -79,6 +81,7 @@ def _check_event(
     tenant = _check_tenant(body, loc, limited, problems)
     event_id = _check_id(body, loc, id_header, problems)
     deliver_at = _check_deliver_at(body, loc, problems)
+    channels = routing.event_channels(body, loc, problems)
     if len(problems.items) > start:
         return None
     try:
@@ -95,8 +98,9 @@ def _check_event(
         type=event_type,
         tenant=tenant,
         payload_json=payload_json,
-        body_hash=body_hash(event_type, tenant, payload, deliver_at) if chosen else None,
+        body_hash=body_hash(event_type, tenant, payload, deliver_at, channels) if chosen else None,
         deliver_at=deliver_at,
+        channels=channels,
     )
 
 

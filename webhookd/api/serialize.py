@@ -40,6 +40,8 @@ def endpoint(ep: Endpoint, config: Config, *, with_secret: bool = False) -> dict
         "paused": ep.paused,
         "proxy": redacted_proxy(ep.proxy),
         "tls": redacted_tls(ep.tls),
+        "filter": ep.filter,
+        "channels": None if ep.channels is None else list(ep.channels),
         "created_at": to_rfc3339(ep.created_at),
         "updated_at": to_rfc3339(ep.updated_at),
     }
@@ -119,6 +121,8 @@ def event(ev: Event, deliveries: list[Delivery] | None = None) -> dict[str, Any]
         "deliver_at": to_rfc3339(ev.deliver_at),
         "created_at": to_rfc3339(ev.created_at),
     }
+    if ev.channels:
+        out["channels"] = list(ev.channels)
     if deliveries is not None:
         out["deliveries"] = [delivery(d) for d in deliveries]
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -47,10 +48,20 @@ def decode_name_cursor(cursor: str) -> str:
     return name
 
 
-def body_hash(event_type: str, tenant: str | None, payload: Any, deliver_at: int | None) -> bytes:
-    """What 'the same body' means for idempotent publishing: type, tenant, payload and
-    deliver_at, with object keys sorted so that key order does not matter."""
+def body_hash(
+    event_type: str,
+    tenant: str | None,
+    payload: Any,
+    deliver_at: int | None,
+    channels: Sequence[str] | None = None,
+) -> bytes:
+    """What 'the same body' means for idempotent publishing: type, tenant, payload,
+    deliver_at and channels, with object keys sorted so that key order does not matter.
+    (No channels leaves them out: the hashes of events stored before channels existed
+    stay the same.)"""
     doc = {"type": event_type, "tenant": tenant, "payload": payload, "deliver_at": deliver_at}
+    if channels:
+        doc["channels"] = sorted(channels)
     try:
         canonical = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
     except (TypeError, orjson.JSONEncodeError):  # integers beyond 64 bits

@@ -7,8 +7,10 @@ in terms of webhookd's own nouns and a second backend only has to produce the sa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
+from webhookd.filters import Filter, compile_stored
 from webhookd.signing import SignatureSpec
 
 DELIVERY_STATES = ("pending", "delivering", "delivered", "failed", "skipped", "cancelled")
@@ -121,6 +123,11 @@ class Endpoint:
     def signing_secrets(self, now_ms: int) -> list[str]:
         """The current secret first, then rotated-out ones still within their grace."""
         return [self.secret] + [p.secret for p in self.previous_secrets if p.expires_at > now_ms]
+
+    @cached_property
+    def compiled_filter(self) -> Filter | None:
+        """`filter`, compiled once per endpoint version (every change makes a new object)."""
+        return compile_stored(self.filter)
 
 
 @dataclass(slots=True)  # built per publish or per attempt: no frozen __setattr__

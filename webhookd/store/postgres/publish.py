@@ -27,7 +27,7 @@ from webhookd.store.records import json_or_null
 
 EVENTS_ID_INDEX = "events_id"
 
-FanOut = Callable[[NewEvent], Iterable[Endpoint]]
+FanOut = Callable[[NewEvent, int], Iterable[Endpoint]]  # (event, its created_at)
 EventKey = tuple[str | None, str]  # (tenant, id): ids are unique per tenant
 _Existing = dict[EventKey, tuple[Event, bytes | None]]
 
@@ -154,7 +154,7 @@ def _fan_out_rows(
 ) -> PublishResult:
     ids: list[str] = []
     due: list[tuple[str, int]] = []
-    for ep in fan_out(ev):
+    for ep in fan_out(ev, now):
         delivery_id = new_id("dlv")
         ids.append(delivery_id)
         at: int | None = None

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from webhookd.config import Config, EventTypeDecl
-from webhookd.matching import subscribed
+from webhookd.matching import routed
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
     PAUSED_RETRY,
@@ -400,15 +400,11 @@ class PostgresStore(ConsoleQueries):
         self.tell_due(d for r in results for d in r.due)
         return results
 
-    def _fan_out(self, ev: NewEvent) -> list[Endpoint]:
+    def _fan_out(self, ev: NewEvent, created_at: int) -> list[Endpoint]:
         if ev.only_endpoint is not None:
             ep = self._endpoints.get(ev.only_endpoint)
             return [ep] if ep else []
-        return [
-            ep
-            for ep in self._endpoints.values()
-            if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
-        ]
+        return routed(self._endpoints.values(), ev, created_at)
 
     async def get_event(self, event_id: str, tenant: Any = ...) -> tuple[Event, list[Delivery]]:
         async with self.db.connection() as conn:

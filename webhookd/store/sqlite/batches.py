@@ -276,7 +276,7 @@ def _stage(
         )
         ids: list[str] = []
         pending: list[tuple[Endpoint, int, list[Any]]] = []
-        for ep in store.fan_out(ev):
+        for ep in store.fan_out(ev, now):
             delivery_id = new_id("dlv")
             ids.append(delivery_id)
             due = max(now + int(ep.delay_s * 1000), ev.deliver_at or 0)

@@ -511,9 +511,9 @@ class SQLiteStore(ConsoleQueries):
         )
         return result
 
-    def fan_out(self, ev: NewEvent) -> list[Endpoint]:
+    def fan_out(self, ev: NewEvent, created_at: int) -> list[Endpoint]:
         """The endpoints `ev` goes to (in the database thread, for batches.py)."""
-        return self._view.fan_out(ev)
+        return self._view.fan_out(ev, created_at)
 
     async def get_event(self, event_id: str, tenant: Any = ...) -> tuple[Event, list[Delivery]]:
         """The event with this id in `tenant` (None: the events without one), with its

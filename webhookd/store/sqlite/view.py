@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 
-from webhookd.matching import subscribed
+from webhookd.matching import routed
 from webhookd.store.models import Endpoint, NewEvent
 
 # Fields the fan-out and the hand-over never read: a change of only these (an attempt's
@@ -48,17 +48,13 @@ class EndpointView:
                     snap = self._all = tuple(self._by_id.values())
         return snap
 
-    def fan_out(self, ev: NewEvent) -> list[Endpoint]:
-        """The endpoints `ev` goes to: its tenant's endpoints subscribed to its type, or
-        the one a test event names."""
+    def fan_out(self, ev: NewEvent, created_at: int) -> list[Endpoint]:
+        """The endpoints `ev` goes to (webhookd.matching.routed), or the one a test event
+        names."""
         if ev.only_endpoint is not None:
             ep = self.get(ev.only_endpoint)
             return [ep] if ep else []
-        return [
-            ep
-            for ep in self.snapshot()
-            if ep.tenant == ev.tenant and subscribed(ep.events, ev.type)
-        ]
+        return routed(self.snapshot(), ev, created_at)
 
     # --- the event loop only ------------------------------------------------------------
 
