@@ -28,7 +28,7 @@ async def test_endpoint_crud(daemon: Daemon, receiver: Receiver) -> None:
     assert ep["id"].startswith("ep_")
     assert ep["secret"].startswith("whsec_")
     assert ep["active"] is True and ep["disabled_reason"] is None
-    assert ep["signature"] == {"scheme": "standard"}
+    assert ep["signature"] == {"scheme": "standard", "algorithm": "hmac-sha256"}
     assert ep["format"] == "json"
     assert ep["max_in_flight"] == 10 and ep["ordered"] is False and ep["delay_s"] == 0
     r = await daemon.get(f"/v1/endpoints/{ep['id']}")

@@ -371,7 +371,7 @@ def test_verify_standard_rejects_a_non_ascii_digit_timestamp() -> None:
         (
             SignatureSpec("standard"),
             ("webhook-signature", "webhook-timestamp", "webhook-id"),
-            {"scheme": "standard"},
+            {"scheme": "standard", "algorithm": "hmac-sha256"},
         ),
         (
             SignatureSpec("hmac-sha256"),

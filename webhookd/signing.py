@@ -1,8 +1,9 @@
 """The signature schemes: pure functions from (secret, id, timestamp, body) to headers.
 
-`standard` is Standard Webhooks v1; the others are the styles SaaS providers document
-("compute HMAC-SHA256 of the raw body with your secret"), so receivers written from those
-docs verify webhookd's requests unchanged.
+`standard` is Standard Webhooks v1: `v1` HMAC-SHA256 signatures, or `v1a` Ed25519 ones
+with `signature.algorithm: ed25519` (webhookd.ed25519); the others are the styles SaaS
+providers document ("compute HMAC-SHA256 of the raw body with your secret"), so receivers
+written from those docs verify webhookd's requests unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +17,12 @@ import secrets as _secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from webhookd import ed25519
+
 SCHEMES = ("standard", "hmac-sha256", "hmac-sha256-timestamped", "token", "none")
+# Of the standard scheme: `v1` HMAC signatures with a whsec_ secret, or `v1a` Ed25519 ones
+# with a whsk_ private key (see webhookd.ed25519).
+ALGORITHMS = ("hmac-sha256", "ed25519")
 SECRET_PREFIX = "whsec_"
 DEFAULT_HEADERS = {
     "hmac-sha256": "X-Webhook-Signature",
@@ -33,6 +39,7 @@ class SignatureSpec:
     scheme: str = "standard"
     header: str | None = None
     timestamp_header: str | None = None
+    algorithm: str = "hmac-sha256"  # of the standard scheme only
 
     @property
     def signature_header(self) -> str | None:
@@ -59,6 +66,8 @@ class SignatureSpec:
 
     def to_json(self) -> dict[str, str | None]:
         out: dict[str, str | None] = {"scheme": self.scheme}
+        if self.scheme == "standard":
+            out["algorithm"] = self.algorithm
         if self.scheme in DEFAULT_HEADERS:
             out["header"] = self.signature_header
         if self.scheme == "hmac-sha256-timestamped":
@@ -66,8 +75,28 @@ class SignatureSpec:
         return out
 
 
-def generate_secret() -> str:
+def generate_secret(algorithm: str = "hmac-sha256") -> str:
+    """A new secret: whsec_ (HMAC), or a whsk_ private key for `ed25519`."""
+    if algorithm == "ed25519":
+        return ed25519.generate_private_key()
     return SECRET_PREFIX + base64.b64encode(_secrets.token_bytes(32)).decode("ascii")
+
+
+def standard_secret_problem(secret: str, algorithm: str) -> str | None:
+    """Why `secret` cannot sign the standard scheme with `algorithm`, or None if it can."""
+    try:
+        if algorithm == "ed25519":
+            ed25519.private_key(secret)
+        else:
+            decode_standard_secret(secret)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def algorithm_of(secret: str) -> str:
+    """The standard-scheme algorithm a secret is spelt for: whsk_ keys are Ed25519."""
+    return "ed25519" if ed25519.is_private_key(secret) else "hmac-sha256"
 
 
 @functools.lru_cache(maxsize=1024)
@@ -95,6 +124,15 @@ def hex_hmac(secret: str, message: bytes) -> str:
     return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()
 
 
+def _standard_or_v1a(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    # Each secret signs by its own kind, so that during the grace of a rotation from one
+    # algorithm to the other both the `v1` and the `v1a` signatures are sent (Standard
+    # Webhooks allows both in one header), and receivers of either kind keep verifying.
+    if ed25519.is_private_key(secret):
+        return ed25519.sign_v1a(secret, msg_id, timestamp, body)
+    return standard_signature(secret, msg_id, timestamp, body)
+
+
 def sign(
     spec: SignatureSpec, secrets: Sequence[str], msg_id: str, timestamp: int, body: bytes
 ) -> dict[str, str]:
@@ -105,9 +143,9 @@ def sign(
     current = secrets[0]
     if spec.scheme == "standard":
         if len(secrets) == 1:
-            sigs = standard_signature(current, msg_id, timestamp, body)
+            sigs = _standard_or_v1a(current, msg_id, timestamp, body)
         else:
-            sigs = " ".join([standard_signature(s, msg_id, timestamp, body) for s in secrets])
+            sigs = " ".join([_standard_or_v1a(s, msg_id, timestamp, body) for s in secrets])
         return {
             "webhook-id": msg_id,
             "webhook-timestamp": str(timestamp),
