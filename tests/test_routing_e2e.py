@@ -250,3 +250,50 @@ async def test_the_store_fans_out_by_filter_and_channels(store: Any, backend: st
         filtered.id,
         both.id,
     }
+
+
+# --- the command line ----------------------------------------------------------------------
+
+
+async def test_cli_sets_filters_and_channels_and_publishes_with_channels(
+    daemon: Daemon, receiver: Receiver
+) -> None:
+    from tests.test_cli_client import fails, ok, ok_json
+
+    big = '{"data.amount": {"$gt": 100}}'
+    ep = await ok_json(
+        daemon, "endpoints", "create", receiver.url, "--filter", big, "--channel", "eu",
+        "--channel", "us",
+    )  # fmt: skip
+    assert ep["filter"] == {"data.amount": {"$gt": 100}} and ep["channels"] == ["eu", "us"]
+    shown = await ok(daemon, "endpoints", "show", ep["id"])
+    assert "data.amount" in shown and "eu" in shown
+
+    published = await ok_json(
+        daemon, "events", "publish", "call.completed", "--payload", '{"amount": 500}',
+        "--channel", "us",
+    )  # fmt: skip
+    assert published["deliveries"] == 1
+    assert (await daemon.get(f"/v1/events/{published['id']}")).json["channels"] == ["us"]
+    out = await ok(
+        daemon, "trigger", "call.completed", "--payload", '{"amount": 5}', "--channel", "eu"
+    )
+    assert "to 0 endpoints" in out  # the filter holds it back
+    out = await ok(daemon, "trigger", "call.completed", "--payload", '{"amount": 500}')
+    assert "to 0 endpoints" in out  # no channel: the endpoint's channels hold it back
+
+    changed = await ok_json(
+        daemon, "endpoints", "update", ep["id"], "--filter", "none", "--no-channels"
+    )
+    assert changed["filter"] is None and changed["channels"] is None
+    out = await ok(daemon, "trigger", "call.completed", "--payload", '{"amount": 5}')
+    assert "to 1 endpoint" in out
+    changed = await ok_json(daemon, "endpoints", "update", ep["id"], "--channel", "x")
+    assert changed["channels"] == ["x"]
+
+    err = await fails(
+        daemon, "endpoints", "update", ep["id"], "--filter", '{"data.amount": {"$gt": [1]}}'
+    )
+    assert "filter.data.amount.$gt" in err and "number or a string" in err, err
+    err = await fails(daemon, "endpoints", "update", ep["id"], "--filter", "[1]", code=2)
+    assert "expected a JSON object" in err

@@ -77,6 +77,37 @@ FORMAT: J = {
         },
     ]
 }
+CHANNEL: J = {"type": "string", "maxLength": 128, "pattern": EVENT_TYPE_PATTERN}
+ROUTING_FIELDS: J = {
+    "filter": {
+        "type": ["object", "null"],
+        "propertyNames": {"maxLength": 256},
+        "description": (
+            "Only events whose envelope ({id, type, timestamp, tenant, data}) matches create "
+            "deliveries: dotted paths (data.amount, type, tenant) to a value or an operator "
+            "object ($eq $ne $gt $gte $lt $lte $in $nin $exists $prefix $not), combined with "
+            "$and, $or, $not; at most 50 conditions and 16384 bytes. null: every event."
+        ),
+    },
+    "channels": {
+        "type": ["array", "null"],
+        "items": CHANNEL,
+        "minItems": 1,
+        "maxItems": 50,
+        "description": (
+            "Only events published with at least one of these channels; null: every event, "
+            "with or without channels."
+        ),
+    },
+}
+EVENT_CHANNELS: J = {
+    "type": ["array", "null"],
+    "items": CHANNEL,
+    "maxItems": 10,
+    "description": (
+        "Channels of the event: endpoints with channels receive it only if they share one."
+    ),
+}
 ENDPOINT_FIELDS: J = {
     "url": {"type": "string", "minLength": 1, "maxLength": 2048, "pattern": "^https?://"},
     "events": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 250},
@@ -92,6 +123,7 @@ ENDPOINT_FIELDS: J = {
     "max_in_flight": {"type": ["integer", "null"], "minimum": 1},
     "ordered": {"type": "boolean"},
     "paused": {"type": "boolean"},
+    **ROUTING_FIELDS,
     "proxy": {
         "type": ["string", "null"],
         "maxLength": 2048,
@@ -164,6 +196,8 @@ ENDPOINT_OUT: J = obj(
         "ordered",
         "paused",
         "proxy",
+        "filter",
+        "channels",
         "tls",
         "created_at",
         "updated_at",
@@ -188,6 +222,7 @@ PUBLISH: J = obj(
         "tenant": TENANT,
         "id": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
         "deliver_at": NULLABLE_TIME,
+        "channels": EVENT_CHANNELS,
     },
 )
 DELIVERY_FIELDS: J = {
@@ -239,6 +274,13 @@ EVENT_FIELDS: J = {
     "payload": {"type": "object"},
     "deliver_at": NULLABLE_TIME,
     "created_at": TIME,
+}
+# Shown only when the event has channels.
+EVENT_CHANNELS_OUT: J = {
+    "type": "array",
+    "items": {"type": "string"},
+    "minItems": 1,
+    "description": "The event's channels, as published; absent when it has none.",
 }
 PUBLISH_RESULT: J = obj(
     ["id", "type", "tenant", "created_at", "deliveries"],
@@ -372,10 +414,14 @@ SCHEMAS: J = {
     ),
     "PublishResult": PUBLISH_RESULT,
     "BatchResult": obj(["data"], {"data": {"type": "array", "items": PUBLISH_RESULT}}),
-    "Event": obj(list(EVENT_FIELDS), EVENT_FIELDS),
+    "Event": obj(list(EVENT_FIELDS), {**EVENT_FIELDS, "channels": EVENT_CHANNELS_OUT}),
     "EventDetail": obj(
         [*EVENT_FIELDS, "deliveries"],
-        {**EVENT_FIELDS, "deliveries": {"type": "array", "items": ref("Delivery")}},
+        {
+            **EVENT_FIELDS,
+            "channels": EVENT_CHANNELS_OUT,
+            "deliveries": {"type": "array", "items": ref("Delivery")},
+        },
     ),
     "EventPage": page("Event"),
     "Delivery": obj(list(DELIVERY_FIELDS), DELIVERY_FIELDS),

@@ -41,6 +41,11 @@ from webhookd.client.args import (
     text_file,
 )
 from webhookd.client.core import WebhookdError
+from webhookd.client.routing_options import (
+    add_endpoint_options,
+    add_event_options,
+    endpoint_fields,
+)
 from webhookd.client.views import (
     DELIVERY_COLUMNS,
     ENDPOINT_COLUMNS,
@@ -129,6 +134,7 @@ def endpoint_body(args: argparse.Namespace) -> dict[str, Any]:
         body["tls"] = tls
     elif getattr(args, "no_tls", False):
         body["tls"] = None
+    body.update(endpoint_fields(args))
     return body
 
 
@@ -173,6 +179,7 @@ def publish_body(args: argparse.Namespace) -> dict[str, Any]:
             "tenant": args.tenant,
             "id": args.id,
             "deliver_at": args.deliver_at,
+            "channels": args.channel,
         }
     )
 
@@ -321,6 +328,7 @@ def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         help="hold deliveries pending, nothing attempted or skipped, until --no-paused",
     )
     _transport_options(p, creating=creating)
+    add_endpoint_options(p, creating=creating)
 
 
 def _transport_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
@@ -538,6 +546,7 @@ def _add_events(sub: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentP
     p.add_argument("--tenant", help="publish to this tenant's endpoints")
     p.add_argument("--id", help="your own event id: publishing it again changes nothing")
     p.add_argument("--deliver-at", type=from_now, metavar="TIME", help="RFC 3339 or 10m, 1h")
+    add_event_options(p)
 
 
 def _add_deliveries(sub: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser) -> None:

@@ -357,11 +357,18 @@ class AsyncClient:
         id: str | None = None,
         tenant: str | None = None,
         deliver_at: str | None = None,
+        channels: Sequence[str] | None = None,
     ) -> PublishResult:
         """Publish one event; answered once it and its deliveries are on disk. With `id`,
-        publishing again changes nothing (the same body) or raises a 409 (another body)."""
+        publishing again changes nothing (the same body) or raises a 409 (another body).
+        With `channels`, endpoints that have channels get it only if they share one."""
         body = _given(
-            type=type, payload=dict(payload or {}), id=id, tenant=tenant, deliver_at=deliver_at
+            type=type,
+            payload=dict(payload or {}),
+            id=id,
+            tenant=tenant,
+            deliver_at=deliver_at,
+            channels=list(channels) if channels is not None else None,
         )
         return cast(PublishResult, await self.request("POST", "/v1/events", body=body))
 

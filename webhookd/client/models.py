@@ -5,7 +5,7 @@ they print, compare and serialise as such; the types are for editors and type ch
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from typing import Any, Generic, Literal, NotRequired, TypedDict, TypeVar
 
 T = TypeVar("T")
 
@@ -37,6 +37,7 @@ class EventIn(TypedDict, total=False):
     tenant: str | None
     id: str
     deliver_at: str | None
+    channels: list[str] | None
 
 
 class Endpoint(TypedDict, total=False):
@@ -58,6 +59,8 @@ class Endpoint(TypedDict, total=False):
     max_in_flight: int
     ordered: bool
     paused: bool
+    filter: dict[str, Any] | None
+    channels: list[str] | None
     created_at: str
     updated_at: str
     secret: str
@@ -123,6 +126,7 @@ class Event(TypedDict):
     payload: dict[str, Any]
     deliver_at: str | None
     created_at: str
+    channels: NotRequired[list[str]]  # only when the event has channels
 
 
 class EventDetail(Event):

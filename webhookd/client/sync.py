@@ -132,10 +132,13 @@ class Client:
         id: str | None = None,
         tenant: str | None = None,
         deliver_at: str | None = None,
+        channels: Sequence[str] | None = None,
     ) -> PublishResult:
         """Publish one event; with `id`, publishing it again creates nothing."""
         return self._run(
-            self._async.publish(type, payload, id=id, tenant=tenant, deliver_at=deliver_at)
+            self._async.publish(
+                type, payload, id=id, tenant=tenant, deliver_at=deliver_at, channels=channels
+            )
         )
 
     def publish_batch(self, events: Sequence[EventIn]) -> list[PublishResult]:

@@ -9,6 +9,7 @@ from typing import Any
 from webhookd.client.api import Api, run_command
 from webhookd.client.args import json_object
 from webhookd.client.commands import common_options
+from webhookd.client.routing_options import add_event_options
 from webhookd.client.views import EVENT_DELIVERY_COLUMNS, table
 
 
@@ -18,7 +19,7 @@ async def trigger(api: Api, args: argparse.Namespace) -> dict[str, Any]:
         known = {t["name"]: t for t in await api.list_event_types()}
         example = known.get(args.type, {}).get("example")
         payload = example if isinstance(example, dict) else {}
-    published = await api.publish(args.type, payload, tenant=args.tenant)
+    published = await api.publish(args.type, payload, tenant=args.tenant, channels=args.channel)
     event = await api.get_event(published["id"], tenant=published.get("tenant"))
     return {**published, "payload": payload, "delivery_list": event["deliveries"]}
 
@@ -44,4 +45,5 @@ def add_trigger(sub: Any) -> None:
     p.add_argument("type", metavar="TYPE", help="event type, e.g. order.created")
     p.add_argument("--payload", type=json_object, metavar="JSON", help="the payload object")
     p.add_argument("--tenant", help="publish to this tenant's endpoints")
+    add_event_options(p)
     p.set_defaults(func=lambda args: run_command(trigger, render, args))
