@@ -39,12 +39,13 @@ import logging
 import random
 import time
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from webhookd import delivery, formats, http1, signing
+from webhookd import delivery, formats, http1, signing, tracing
 from webhookd.attemptlog import AttemptLog
 from webhookd.config import DeliveryConfig
+from webhookd.receiver_auth import AUTH_TOKEN, ReceiverAuth
 from webhookd.retry import next_delay_s, parse_retry_after
 from webhookd.store.interface import (
     Attempt,
@@ -250,11 +251,14 @@ class Dispatcher:
         rand: random.Random | None = None,
         on_outcome: Callable[[Claimed, Endpoint, Outcome], None] | None = None,
         attempt_log: AttemptLog | None = None,
+        tracer: tracing.Tracer | None = None,
     ) -> None:
         self.store = store
+        self.tracer = tracer  # None: tracing off (a stored traceparent is still sent)
         self.client = client
         self.config = config
         self.rand = rand or random.Random()
+        self.receiver_auth = ReceiverAuth(client)  # the receivers' credentials and tokens
         self.on_outcome = on_outcome
         # The `attempt_failed` lines, a few a minute per endpoint.
         self.attempt_log = attempt_log or AttemptLog(log)
@@ -284,6 +288,9 @@ class Dispatcher:
         self._queued = 0
         # Deliveries whose outcome storage refused, waiting in _write to be written.
         self._unwritten: set[str] = set()
+        # Deliveries whose task exists but that the store cancelled (their event's payload
+        # was erased): a task that has not started its request yet does not send it.
+        self._cancelled: set[str] = set()
         self._written = asyncio.Event()  # replaced after each set: wakes waiting writes
         self._abandon = False  # stop(): storage had its grace; one last try each
         self.stats = Stats()
@@ -338,6 +345,7 @@ class Dispatcher:
         deliveries (already cancelled by the store) leave the queue; its state goes once
         its open requests are over."""
         self._routes.pop(endpoint_id, None)
+        self.receiver_auth.forget(endpoint_id)
         self.store.offer(endpoint_id, 0)
         self._due.pop(endpoint_id, None)
         st = self._states.get(endpoint_id)
@@ -349,6 +357,25 @@ class Dispatcher:
         if st.in_flight == 0:
             del self._states[endpoint_id]
             self._holding.discard(endpoint_id)
+
+    def deliveries_cancelled(self, items: Sequence[tuple[str, str]]) -> None:
+        """Their event's payload was erased and the store cancelled them: those claimed
+        and waiting leave the queue unsent, one whose task has not started its request
+        yet sends nothing; a request already under way finishes (its outcome leaves the
+        delivery cancelled)."""
+        by_endpoint: dict[str, set[str]] = {}
+        for endpoint_id, delivery_id in items:
+            by_endpoint.setdefault(endpoint_id, set()).add(delivery_id)
+            if delivery_id in self._tasks:
+                self._cancelled.add(delivery_id)
+        for endpoint_id, ids in by_endpoint.items():
+            st = self._states.get(endpoint_id)
+            if st is None or not st.ready:
+                continue
+            kept = deque(c for c in st.ready if c.delivery_id not in ids)
+            self._queued -= len(st.ready) - len(kept)
+            st.ready = kept
+            self._start_ready(endpoint_id)
 
     def in_flight_for(self, endpoint_id: str) -> int:
         st = self._states.get(endpoint_id)
@@ -664,8 +691,9 @@ class Dispatcher:
     async def _deliver(self, c: Claimed) -> None:
         try:
             ep = self.store.endpoint(c.endpoint_id)
-            if ep is None:
-                # Deleted after the claim: the store already cancelled the delivery.
+            if ep is None or c.delivery_id in self._cancelled:
+                # Deleted after the claim, or its payload erased: the store already
+                # cancelled the delivery.
                 return
             if not ep.active or ep.paused:
                 await self._give_back(c, ep)
@@ -693,6 +721,7 @@ class Dispatcher:
             self._attempt_done(c)
             self._settled_slot(c)
             self._tasks.pop(c.delivery_id, None)
+            self._cancelled.discard(c.delivery_id)
             # The recording backlog shrank: the loop may claim again.
             self._wake.set()
 
@@ -909,25 +938,30 @@ class Dispatcher:
             "webhook-id": ev.id,
         }
         headers.update(ep.headers)
+        span = self.tracer.attempt(c, ep, fmt) if self.tracer is not None else None
+        tracing.put_traceparent(headers, ev.traceparent if span is None else span.traceparent)
         headers.update(
             signing.sign(
                 ep.signature, ep.signing_secrets(started_at), ev.id, started_at // 1000, body
             )
         )
         route = self._route(ep)
-        resp = await delivery.send(
+        send = functools.partial(
+            delivery.send,
             self.client,
             ep.url,
             body,
-            headers,
-            timeout_s=self.config.timeout_s,
             max_response_bytes=self.config.max_response_bytes,
             route=route,
         )
+        # The endpoint's `auth`, if any, adds its Authorization header (see receiver_auth).
+        resp = await self.receiver_auth.send(ep, route, headers, send, self.config.timeout_s)
         if route.proxy is not None:
             resp.request_headers = _without_proxy_auth(resp.request_headers)
         if ep.signature.scheme == "token":
             resp.request_headers = signing.redact(ep.signature, resp.request_headers)
+        if span is not None:
+            span.end(resp)
         return resp, fmt, started_at
 
     def _decide(
@@ -958,7 +992,8 @@ class Dispatcher:
             if c.resume_at is not None:
                 return made("pending", next_at=c.resume_at)
             return made("failed")
-        if c.format_index + 1 < len(ep.formats):
+        if c.format_index + 1 < len(ep.formats) and resp.error_kind != AUTH_TOKEN:
+            # (No token is no fault of the format: the next one would fare no better.)
             return made("pending", next_at=now, format_index=c.format_index + 1)
         failures = c.failures + 1
         retry_after = parse_retry_after(resp.header("Retry-After"), time.time())

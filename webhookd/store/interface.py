@@ -11,9 +11,9 @@ Conventions every backend keeps:
 - A write method returns once its change is committed (durable), or raises: StorageError
   (storage cannot write now; nothing of the call happened), NotFound, Conflict.
 - `tenant=...` (Ellipsis) means "any tenant"; None is the tenant of events without one.
-- Synchronous reads (`endpoint`, `endpoints`, `has_event_type`) answer from this daemon's
-  view, kept current by the backend: on a database several daemons share, it may lag
-  another daemon's change by the time that change's notification takes to arrive. The
+- Synchronous reads (`endpoint`, `endpoints`, `has_event_type`, `event_type`) answer from
+  this daemon's view, kept current by the backend: on a database several daemons share, it
+  may lag another daemon's change by the time that change's notification takes to arrive. The
   API's reads of what a caller asked for are `async` and may go to the database.
 - After a change commits, the backend tells its one subscriber (the dispatcher) what
   became due, on the event loop (`DueListener`); nothing else wakes the dispatcher.
@@ -49,6 +49,7 @@ from webhookd.store.models import (
     NotFound,
     Outcome,
     Page,
+    PayloadSweep,
     PreviousSecret,
     PublishResult,
     StorageError,
@@ -80,6 +81,7 @@ __all__ = [
     "NotFound",
     "Outcome",
     "Page",
+    "PayloadSweep",
     "PreviousSecret",
     "PublishResult",
     "StorageError",
@@ -141,6 +143,10 @@ class DueListener(Protocol):
 
     def endpoint_deleted(self, endpoint_id: str) -> None:
         """The endpoint is gone and its unfinished deliveries are cancelled."""
+
+    def deliveries_cancelled(self, items: Sequence[tuple[str, str]]) -> None:
+        """These (endpoint id, delivery id) were cancelled while pending or in flight
+        (their event's payload was erased): send none of them that has not started."""
 
 
 class Store(Protocol):
@@ -206,17 +212,39 @@ class Store(Protocol):
     # --- event types -------------------------------------------------------------------
 
     async def sync_event_types(self, declared: Iterable[EventTypeDecl]) -> None:
-        """Make the built-in and config-declared types exist (the config's descriptions
-        win; types no longer declared become the API's); committed before it returns."""
+        """Make the built-in and config-declared types exist (the config's descriptions,
+        schemas and examples win; types no longer declared become the API's); committed
+        before it returns."""
 
     def has_event_type(self, name: str) -> bool:
         """Whether the catalog has this type, in this daemon's view."""
 
+    def event_type(self, name: str) -> EventType | None:
+        """The type in this daemon's view (None: not in the catalog), for publishing."""
+
     async def list_event_types(self) -> list[EventType]:
         """The whole catalog, sorted by name."""
 
-    async def create_event_type(self, name: str, description: str) -> EventType:
+    async def create_event_type(
+        self,
+        name: str,
+        description: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        example: dict[str, Any] | None = None,
+    ) -> EventType:
         """Add a type (source "api"); Conflict if it exists."""
+
+    async def update_event_type(
+        self,
+        name: str,
+        *,
+        description: str,
+        schema: dict[str, Any] | None,
+        example: dict[str, Any] | None,
+    ) -> EventType:
+        """Replace an API-created type's description, schema and example (all three: the
+        caller checked them together); NotFound, or Conflict for a built-in or a config one."""
 
     async def delete_event_type(self, name: str) -> None:
         """Remove an API-created type; NotFound, or Conflict for a built-in or a config one."""
@@ -249,12 +277,22 @@ class Store(Protocol):
     async def delete_endpoint(self, endpoint_id: str) -> None:
         """Delete it and cancel its pending and in-flight deliveries, in one transaction."""
 
-    async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
-        """Make `new_secret` current; the old one keeps signing for `grace_s` (0: not)."""
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        new_secret: str,
+        grace_s: float,
+        *,
+        signature: Mapping[str, str] | None = None,
+    ) -> Endpoint:
+        """Make `new_secret` current; the old one keeps signing for `grace_s` (0: not).
+        `signature`, when given, replaces the signature object in the same transaction (a
+        rotation to a secret of another algorithm)."""
 
     async def recover(self, endpoint_id: str, since: int, until: int | None) -> int:
         """`failed` and `skipped` deliveries created in [since, until) become pending, due
-        now, with a fresh retry schedule; returns how many."""
+        now, with a fresh retry schedule; returns how many. Those of events whose payload
+        was erased stay as they are; Conflict when they are all the window holds."""
 
     async def endpoint_stats(self, endpoint_id: str, since_24h: int) -> dict[str, Any]:
         """{"counts": {status: n}, "success_rate_24h": delivered / finished since
@@ -287,6 +325,20 @@ class Store(Protocol):
     ) -> Page:
         """A page of events, newest first, created in [since, until)."""
 
+    async def erase_payload(self, event_id: str, tenant: Any = ...) -> Event:
+        """Erase the event's payload now, in one transaction with the cancelling of its
+        pending and in-flight deliveries (the subscriber hears which): the row stays,
+        with an empty payload, `payload_erased_at` (an erased one keeps its first) and no
+        body hash. Returns once the bytes are gone from the database's files as far as
+        the backend can make them so. NotFound, or AmbiguousId as get_event."""
+
+    async def erase_old_payloads(
+        self, cutoff: int, after: tuple[int, int], limit: int
+    ) -> PayloadSweep:
+        """Retention: look at up to `limit` events created before `cutoff` whose payload
+        is not erased, after position `after` (created_at, seq) in that order, and erase
+        the payloads of those without pending or in-flight deliveries."""
+
     # --- deliveries ----------------------------------------------------------------------
 
     async def list_deliveries(
@@ -309,7 +361,8 @@ class Store(Protocol):
 
     async def retry_delivery(self, delivery_id: str) -> Delivery:
         """Make it due now for one manual attempt, whatever its state; Conflict if its
-        endpoint is deleted or disabled or an attempt is in progress."""
+        endpoint is deleted or disabled or an attempt is in progress, or its event's
+        payload was erased."""
 
     # --- the dispatcher's side -----------------------------------------------------------
 

@@ -29,6 +29,14 @@ PAUSED_RETRY = (
 )
 
 
+# The Conflict of a manual retry or a recover of a delivery whose event's payload was
+# erased: there is nothing left to send (and an empty body must never go out).
+ERASED_RETRY = (
+    "the payload of this delivery's event was erased; it cannot be sent again "
+    "(publish a new event instead)"
+)
+
+
 class StorageError(Exception):
     """The store cannot read or write (disk full, I/O error, database locked too long)."""
 
@@ -230,6 +238,17 @@ class Outcome:
     success: bool
     disable_reason: str | None = None  # disable the endpoint at once ("gone")
     lease: str | None = None  # the claim's (Claimed.lease)
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSweep:
+    """One batch of retention's payload erasure (Store.erase_old_payloads). Positions are
+    (created_at, seq) of events, the order the sweep walks them in."""
+
+    erased: int  # payloads erased by this batch
+    scanned: int  # events with a payload looked at
+    last: tuple[int, int] | None  # the last one looked at; None: nothing left to look at
+    held: tuple[int, int] | None  # the first one kept for unfinished deliveries, if any
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from webhookd.store.console import (
 )
 from webhookd.store.models import Page
 from webhookd.store.postgres import wakeups
+from webhookd.store.postgres.erasure import PAYLOAD_KEPT
 from webhookd.store.postgres.rows import DELIVERY_COLS, delivery_from_row
 from webhookd.timefmt import now_ms
 
@@ -199,6 +200,7 @@ class ConsoleQueries:
         residual_conditions(query, c)
         c.add("status IN ('failed', 'skipped')")
         c.add("endpoint_id IN (SELECT id FROM endpoints WHERE active AND deleted_at IS NULL)")
+        c.add(PAYLOAD_KEPT)  # an erased event's deliveries have nothing left to send
         now = now_ms()
         async with self.db.transaction() as conn:
             cur = await conn.execute(

@@ -12,7 +12,8 @@ import psycopg
 
 from webhookd.config import EventTypeDecl
 from webhookd.ids import new_id
-from webhookd.store.models import BUILTIN_EVENT_TYPES, Conflict, Endpoint, EventType, NotFound
+from webhookd.store.models import ERASED_RETRY, Conflict, Endpoint, EventType, NotFound
+from webhookd.store.postgres import erasure
 from webhookd.store.postgres.db import Conn
 from webhookd.store.postgres.rows import (
     ENDPOINT_COLS,
@@ -21,6 +22,7 @@ from webhookd.store.postgres.rows import (
     endpoint_from_row,
     event_type_from_row,
 )
+from webhookd.store.records import check_changeable, declared_rows, event_type_row
 
 # Payload: "<daemon id> <endpoint id>", or "<daemon id> " for the event-type catalog.
 ENDPOINTS_CHANNEL = "webhookd_endpoints"
@@ -63,29 +65,49 @@ async def load_event_types(conn: Conn) -> dict[str, EventType]:
 
 
 async def sync_event_types(conn: Conn, declared: Iterable[EventTypeDecl], now: int) -> None:
-    rows = [(n, d, "builtin", now) for n, d in BUILTIN_EVENT_TYPES.items()]
-    rows += [(d.name, d.description, "config", now) for d in declared]
+    rows = declared_rows(declared, now)
     # Daemons may start with different config files; the last one to start wins, as a
     # reload does. One lock so that two starting together do not interleave.
     await conn.execute("LOCK TABLE event_types IN SHARE ROW EXCLUSIVE MODE")
     await conn.execute("UPDATE event_types SET source = 'api' WHERE source = 'config'")
     async with conn.cursor() as cur:
         await cur.executemany(
-            "INSERT INTO event_types (name, description, source, created_at) "
-            "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
-            "description = excluded.description, source = excluded.source",
+            f"INSERT INTO event_types ({EVENT_TYPE_COLS}) "
+            "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET "
+            "description = excluded.description, source = excluded.source, "
+            "schema = excluded.schema, example = excluded.example",
             rows,
         )
 
 
 async def create_event_type(conn: Conn, et: EventType) -> None:
     cur = await conn.execute(
-        "INSERT INTO event_types (name, description, source, created_at) "
-        "VALUES (%s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
-        (et.name, et.description, et.source, et.created_at),
+        f"INSERT INTO event_types ({EVENT_TYPE_COLS}) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO NOTHING",
+        event_type_row(et),
     )
     if cur.rowcount == 0:
         raise Conflict(f"event type {et.name} already exists")
+
+
+async def update_event_type(conn: Conn, et: EventType) -> EventType:
+    """Write an API-created type's description, schema and example; NotFound, or
+    Conflict for a built-in or a config type."""
+    _, description, _, _, schema, example = event_type_row(et)
+    cur = await conn.execute(
+        "UPDATE event_types SET description = %s, schema = %s, example = %s "
+        f"WHERE name = %s AND source = 'api' RETURNING {EVENT_TYPE_COLS}",
+        (description, schema, example, et.name),
+    )
+    row = await cur.fetchone()
+    if row is not None:
+        return event_type_from_row(row)
+    cur = await conn.execute("SELECT source FROM event_types WHERE name = %s", (et.name,))
+    found = await cur.fetchone()
+    if found is None:
+        raise NotFound(f"no event type named {et.name}")
+    check_changeable(et.name, found[0], "changed")
+    raise Conflict(f"{et.name} cannot be changed")  # (not reached: only api types can)
 
 
 async def delete_event_type(conn: Conn, name: str) -> None:
@@ -161,7 +183,13 @@ async def delete_endpoint(conn: Conn, endpoint_id: str, now: int) -> None:
 
 
 async def rotate_secret(
-    conn: Conn, endpoint_id: str, new_secret: str, grace_s: float, now: int
+    conn: Conn,
+    endpoint_id: str,
+    new_secret: str,
+    grace_s: float,
+    now: int,
+    *,
+    signature: Mapping[str, str] | None = None,
 ) -> Endpoint:
     ep = await fetch_endpoint(conn, endpoint_id, lock=True)
     keep = [
@@ -172,9 +200,16 @@ async def rotate_secret(
     if grace_s > 0:
         keep.insert(0, {"secret": ep.secret, "expires_at": now + int(grace_s * 1000)})
     cur = await conn.execute(
-        "UPDATE endpoints SET secret = %s, previous_secrets = %s, updated_at = %s "
+        "UPDATE endpoints SET secret = %s, previous_secrets = %s, "
+        "signature = COALESCE(%s, signature), updated_at = %s "
         f"WHERE id = %s RETURNING {ENDPOINT_COLS}",
-        (new_secret, orjson.dumps(keep).decode(), now, endpoint_id),
+        (
+            new_secret,
+            orjson.dumps(keep).decode(),
+            None if signature is None else orjson.dumps(signature).decode(),
+            now,
+            endpoint_id,
+        ),
     )
     row = await cur.fetchone()
     assert row is not None
@@ -182,13 +217,18 @@ async def rotate_secret(
 
 
 async def recover(conn: Conn, endpoint_id: str, since: int, until: int | None, now: int) -> int:
+    window = (endpoint_id, since, until if until is not None else 2**62)
     cur = await conn.execute(
         "UPDATE deliveries SET status = 'pending', next_attempt_at = %s, failures = 0, "
         "format_index = 0, manual = false, resume_at = NULL, updated_at = %s "
         "WHERE endpoint_id = %s AND status IN ('failed', 'skipped') AND created_at >= %s "
-        "AND created_at < %s",
-        (now, now, endpoint_id, since, until if until is not None else 2**62),
+        f"AND created_at < %s AND {erasure.PAYLOAD_KEPT}",
+        (now, now, *window),
     )
+    if cur.rowcount == 0:
+        erased = await conn.execute(erasure.ERASED_IN_WINDOW, window)
+        if await erased.fetchone() is not None:
+            raise Conflict(ERASED_RETRY)  # all it found were of erased events
     return cur.rowcount
 
 

@@ -27,6 +27,7 @@ from webhookd.config import Config, EventTypeDecl
 from webhookd.matching import routed
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
+    ERASED_RETRY,
     PAUSED_RETRY,
     Attempt,
     Claimed,
@@ -39,12 +40,13 @@ from webhookd.store.models import (
     NotFound,
     Outcome,
     Page,
+    PayloadSweep,
     PublishResult,
     StorageError,
 )
 from webhookd.store.postgres import endpoints as ep_sql
+from webhookd.store.postgres import erasure, reads, wakeups
 from webhookd.store.postgres import publish as pub
-from webhookd.store.postgres import reads, wakeups
 from webhookd.store.postgres.claims import Claims
 from webhookd.store.postgres.cluster import Cluster
 from webhookd.store.postgres.console import ConsoleQueries
@@ -103,7 +105,10 @@ class PostgresStore(ConsoleQueries):
             self.db,
             m.id,
             self.tell_due,
-            channels={ep_sql.ENDPOINTS_CHANNEL: self._endpoint_notice},
+            channels={
+                ep_sql.ENDPOINTS_CHANNEL: self._endpoint_notice,
+                erasure.CANCELLED_CHANNEL: self._cancelled_notice,
+            },
             on_connected=self.reload_view,
         )
         self._probe: asyncio.Task[str | None] | None = None
@@ -299,15 +304,43 @@ class PostgresStore(ConsoleQueries):
     def has_event_type(self, name: str) -> bool:
         return name in self._event_types
 
+    def event_type(self, name: str) -> EventType | None:
+        return self._event_types.get(name)
+
     async def list_event_types(self) -> list[EventType]:
         await self.reload_catalog()
         return sorted(self._event_types.values(), key=lambda e: e.name)
 
-    async def create_event_type(self, name: str, description: str) -> EventType:
-        et = EventType(name=name, description=description, source="api", created_at=now_ms())
+    async def create_event_type(
+        self,
+        name: str,
+        description: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        example: dict[str, Any] | None = None,
+    ) -> EventType:
+        et = EventType(name, description, "api", now_ms(), schema=schema, example=example)
         async with self.db.transaction() as conn:
             await ep_sql.create_event_type(conn, et)
             await ep_sql.notify_changed(conn, self.member.id)
+        self._catalog_changes += 1
+        self._event_types[name] = et
+        return et
+
+    async def update_event_type(
+        self,
+        name: str,
+        *,
+        description: str,
+        schema: dict[str, Any] | None,
+        example: dict[str, Any] | None,
+    ) -> EventType:
+        changed = EventType(name, description, "api", 0, schema=schema, example=example)
+        async with self.db.transaction() as conn:
+            stored = await ep_sql.update_event_type(conn, changed)
+            await ep_sql.notify_changed(conn, self.member.id)
+        # This daemon's view keeps the objects given (its compiled schema is theirs).
+        et = dataclasses.replace(stored, schema=schema, example=example)
         self._catalog_changes += 1
         self._event_types[name] = et
         return et
@@ -356,9 +389,18 @@ class PostgresStore(ConsoleQueries):
         self._touch(endpoint_id)
         self._forget(endpoint_id)
 
-    async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        new_secret: str,
+        grace_s: float,
+        *,
+        signature: Mapping[str, str] | None = None,
+    ) -> Endpoint:
         async with self.db.transaction() as conn:
-            ep = await ep_sql.rotate_secret(conn, endpoint_id, new_secret, grace_s, now_ms())
+            ep = await ep_sql.rotate_secret(
+                conn, endpoint_id, new_secret, grace_s, now_ms(), signature=signature
+            )
             await ep_sql.notify_changed(conn, self.member.id, ep.id)
         return self._changed(ep)
 
@@ -466,6 +508,16 @@ class PostgresStore(ConsoleQueries):
             row = await cur.fetchone()
             if row is None:
                 raise NotFound(f"no delivery with id {delivery_id}")
+            # A statement of its own, after the lock: an erasure that cancelled this
+            # delivery meanwhile has committed, and this snapshot sees it.
+            cur = await conn.execute(
+                "SELECT e.payload_erased_at FROM deliveries d JOIN events e "
+                "ON e.seq = d.event_seq WHERE d.id = %s",
+                (delivery_id,),
+            )
+            erased = await cur.fetchone()
+            if erased is not None and erased[0] is not None:
+                raise Conflict(ERASED_RETRY)
             _check_retry(*row)
             cur = await conn.execute(
                 "UPDATE deliveries SET manual = true, "
@@ -524,6 +576,29 @@ class PostgresStore(ConsoleQueries):
             if done < n:
                 break
         return total
+
+    async def erase_payload(self, event_id: str, tenant: Any = ...) -> Event:
+        async with self.db.transaction() as conn:
+            event, cancelled = await erasure.erase_event(
+                conn, self.member.id, event_id, tenant, now_ms()
+            )
+        self._tell_cancelled(cancelled)
+        return event
+
+    async def erase_old_payloads(
+        self, cutoff: int, after: tuple[int, int], limit: int
+    ) -> PayloadSweep:
+        async with self.db.transaction() as conn:
+            return await erasure.sweep(conn, cutoff, after, limit, now_ms())
+
+    async def _cancelled_notice(self, payload: str) -> None:
+        """Another daemon erased a payload and cancelled these deliveries: this daemon's
+        claims among them are not sent."""
+        self._tell_cancelled(erasure.parse_cancelled(payload, self.member.id))
+
+    def _tell_cancelled(self, items: Sequence[tuple[str, str]]) -> None:
+        if items and self._listener is not None:
+            self._listener.deliveries_cancelled(items)
 
     async def backlog(self, now: int) -> tuple[int, int | None]:
         active = [e.id for e in self._endpoints.values() if e.active and not e.paused]

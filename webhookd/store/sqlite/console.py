@@ -27,6 +27,7 @@ from webhookd.store.console import (
     class_bounds,
 )
 from webhookd.store.models import Page
+from webhookd.store.sqlite.erasure import PAYLOAD_KEPT
 from webhookd.store.sqlite.rows import DELIVERY_COLS, delivery_from_row
 from webhookd.timefmt import now_ms
 
@@ -209,6 +210,7 @@ class ConsoleQueries:
         residual_conditions(query, c)
         c.add("status IN ('failed', 'skipped')")
         c.add("endpoint_id IN (SELECT id FROM endpoints WHERE active = 1 AND deleted_at IS NULL)")
+        c.add(PAYLOAD_KEPT)  # an erased event's deliveries have nothing left to send
         now = now_ms()
 
         def job(conn: sqlite3.Connection) -> int:

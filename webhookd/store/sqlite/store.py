@@ -26,7 +26,7 @@ from webhookd.ids import new_id
 from webhookd.store.codec import decode_cursor, encode_cursor
 from webhookd.store.interface import DaemonInfo, DueListener, Member, WriteStats
 from webhookd.store.models import (
-    BUILTIN_EVENT_TYPES,
+    ERASED_RETRY,
     PAUSED_RETRY,
     AmbiguousId,
     Attempt,
@@ -40,9 +40,12 @@ from webhookd.store.models import (
     NotFound,
     Outcome,
     Page,
+    PayloadSweep,
     PublishResult,
     StorageError,
 )
+from webhookd.store.records import check_changeable, declared_rows, event_type_row
+from webhookd.store.sqlite import erasure
 from webhookd.store.sqlite.batches import (
     MARK_DELIVERING,
     claim_select,
@@ -110,6 +113,8 @@ class SQLiteStore(ConsoleQueries):
         self._listener: DueListener | None = None
         self._member = Member.this_process()
         self._in_flight: Callable[[], int] = lambda: 0
+        self._checkpoints = erasure.Checkpoints(self._connect_checkpointer)
+        self._unflushed_erasures = 0  # by retention, since its last checkpoint
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -133,7 +138,16 @@ class SQLiteStore(ConsoleQueries):
         )
         for pragma in self._pragmas():
             conn.execute(pragma)
+        # Deleted and overwritten content (an erased or purged payload) is zeroed in the
+        # file, not left in free space (store/sqlite/erasure.py).
+        conn.execute("PRAGMA secure_delete=ON")
         _restrict_files(self.path)
+        return conn
+
+    def _connect_checkpointer(self) -> sqlite3.Connection:
+        """A short-lived connection for a TRUNCATE checkpoint (store/sqlite/erasure.py)."""
+        conn = sqlite3.connect(self.path, timeout=self._timeout_s, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
         return conn
 
     async def _connect_reader(self) -> aiosqlite.Connection:
@@ -258,16 +272,15 @@ class SQLiteStore(ConsoleQueries):
 
     async def sync_event_types(self, declared: Iterable[EventTypeDecl]) -> None:
         """Make the built-in and config-declared types exist (config wins descriptions)."""
-        now = now_ms()
-        rows = [(n, d, "builtin", now) for n, d in BUILTIN_EVENT_TYPES.items()]
-        rows += [(d.name, d.description, "config", now) for d in declared]
+        rows = declared_rows(declared, now_ms())
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute("UPDATE event_types SET source='api' WHERE source='config'")
             conn.executemany(
-                "INSERT INTO event_types(name, description, source, created_at) "
-                "VALUES (?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
-                "description=excluded.description, source=excluded.source",
+                "INSERT INTO event_types(name, description, source, created_at, schema, "
+                "example) VALUES (?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET "
+                "description=excluded.description, source=excluded.source, "
+                "schema=excluded.schema, example=excluded.example",
                 rows,
             )
 
@@ -277,15 +290,25 @@ class SQLiteStore(ConsoleQueries):
     def has_event_type(self, name: str) -> bool:
         return name in self._event_types
 
-    async def create_event_type(self, name: str, description: str) -> EventType:
-        et = EventType(name=name, description=description, source="api", created_at=now_ms())
+    def event_type(self, name: str) -> EventType | None:
+        return self._event_types.get(name)
+
+    async def create_event_type(
+        self,
+        name: str,
+        description: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        example: dict[str, Any] | None = None,
+    ) -> EventType:
+        et = EventType(name, description, "api", now_ms(), schema=schema, example=example)
 
         def job(conn: sqlite3.Connection) -> None:
             try:
                 conn.execute(
-                    "INSERT INTO event_types(name, description, source, created_at) "
-                    "VALUES (?,?,?,?)",
-                    (et.name, et.description, et.source, et.created_at),
+                    "INSERT INTO event_types(name, description, source, created_at, schema, "
+                    "example) VALUES (?,?,?,?,?,?)",
+                    event_type_row(et),
                 )
             except sqlite3.IntegrityError:
                 raise Conflict(f"event type {name} already exists") from None
@@ -294,14 +317,36 @@ class SQLiteStore(ConsoleQueries):
         self._event_types[name] = et
         return et
 
+    async def update_event_type(
+        self,
+        name: str,
+        *,
+        description: str,
+        schema: dict[str, Any] | None,
+        example: dict[str, Any] | None,
+    ) -> EventType:
+        et = self._event_types.get(name)
+        if et is None:
+            raise NotFound(f"no event type named {name}")
+        check_changeable(et.name, et.source, "changed")
+        new = dataclasses.replace(et, description=description, schema=schema, example=example)
+        _, _, _, _, schema_json, example_json = event_type_row(new)
+
+        def job(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                "UPDATE event_types SET description=?, schema=?, example=? WHERE name=?",
+                (description, schema_json, example_json, name),
+            )
+
+        await self._writer().run(job)
+        self._event_types[name] = new
+        return new
+
     async def delete_event_type(self, name: str) -> None:
         et = self._event_types.get(name)
         if et is None:
             raise NotFound(f"no event type named {name}")
-        if et.source == "builtin":
-            raise Conflict(f"{name} is built into webhookd and cannot be deleted")
-        if et.source == "config":
-            raise Conflict(f"{name} is declared in the config file; remove it there and reload")
+        check_changeable(et.name, et.source, "deleted")
 
         def job(conn: sqlite3.Connection) -> None:
             conn.execute("DELETE FROM event_types WHERE name=?", (name,))
@@ -409,8 +454,16 @@ class SQLiteStore(ConsoleQueries):
 
         await self._writer().run(job)
 
-    async def rotate_secret(self, endpoint_id: str, new_secret: str, grace_s: float) -> Endpoint:
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        new_secret: str,
+        grace_s: float,
+        *,
+        signature: Mapping[str, str] | None = None,
+    ) -> Endpoint:
         now = now_ms()
+        sig_json = None if signature is None else orjson.dumps(signature).decode()
 
         def job(conn: sqlite3.Connection) -> Endpoint:
             ep = self._fetch_endpoint(conn, endpoint_id)
@@ -422,8 +475,9 @@ class SQLiteStore(ConsoleQueries):
             if grace_s > 0:
                 keep.insert(0, {"secret": ep.secret, "expires_at": now + int(grace_s * 1000)})
             conn.execute(
-                "UPDATE endpoints SET secret=?, previous_secrets=?, updated_at=? WHERE id=?",
-                (new_secret, orjson.dumps(keep).decode(), now, endpoint_id),
+                "UPDATE endpoints SET secret=?, previous_secrets=?, "
+                "signature=COALESCE(?, signature), updated_at=? WHERE id=?",
+                (new_secret, orjson.dumps(keep).decode(), sig_json, now, endpoint_id),
             )
             rotated = self._fetch_endpoint(conn, endpoint_id)
             self.after_commit(functools.partial(self._put_endpoint, rotated, tell=True))
@@ -438,15 +492,18 @@ class SQLiteStore(ConsoleQueries):
         now = now_ms()
 
         def job(conn: sqlite3.Connection) -> int:
+            window = (endpoint_id, since, until if until is not None else 2**62)
             cur = conn.execute(
                 "UPDATE deliveries SET status='pending', next_attempt_at=?, failures=0, "
                 "format_index=0, manual=0, resume_at=NULL, updated_at=? "
                 "WHERE endpoint_id=? AND status IN ('failed','skipped') AND created_at>=? "
-                "AND created_at<?",
-                (now, now, endpoint_id, since, until if until is not None else 2**62),
+                f"AND created_at<? AND {erasure.PAYLOAD_KEPT}",
+                (now, now, *window),
             )
             if cur.rowcount:
                 self.tell_due([(endpoint_id, now)])
+            elif conn.execute(erasure.ERASED_IN_WINDOW, window).fetchone():
+                raise Conflict(ERASED_RETRY)
             return cur.rowcount
 
         count: int = await self._writer().run(job)
@@ -486,6 +543,37 @@ class SQLiteStore(ConsoleQueries):
 
         count: int = await self._writer().run(job)
         return count
+
+    async def erase_payload(self, event_id: str, tenant: Any = ...) -> Event:
+        now = now_ms()
+
+        def job(conn: sqlite3.Connection) -> Event:
+            event, cancelled = erasure.erase_event(conn, event_id, tenant, now)
+            if cancelled:
+                self.after_commit(functools.partial(self._cancelled, cancelled))
+            return event
+
+        erased: Event = await self._writer().run(job)
+        await self._checkpoints.run()
+        return erased
+
+    async def erase_old_payloads(
+        self, cutoff: int, after: tuple[int, int], limit: int
+    ) -> PayloadSweep:
+        now = now_ms()
+        done: PayloadSweep = await self._writer().run(
+            lambda conn: erasure.sweep(conn, cutoff, after, limit, now)
+        )
+        self._unflushed_erasures += done.erased
+        if self._unflushed_erasures and done.scanned < limit:
+            # Once per pass, after its last batch: out of the WAL too.
+            self._unflushed_erasures = 0
+            await self._checkpoints.run()
+        return done
+
+    def _cancelled(self, items: Sequence[tuple[str, str]]) -> None:
+        if self._listener is not None:
+            self._listener.deliveries_cancelled(items)
 
     async def backlog(self, now: int) -> tuple[int, int | None]:
         """(pending deliveries, age in ms of the oldest one that is due, or None)."""
@@ -641,11 +729,15 @@ class SQLiteStore(ConsoleQueries):
 
         def job(conn: sqlite3.Connection) -> Delivery:
             row = conn.execute(
-                "SELECT status, endpoint_id FROM deliveries WHERE id=?", (delivery_id,)
+                "SELECT status, endpoint_id, (SELECT payload_erased_at FROM events "
+                "WHERE seq=event_seq) FROM deliveries WHERE id=?",
+                (delivery_id,),
             ).fetchone()
             if row is None:
                 raise NotFound(f"no delivery with id {delivery_id}")
-            status, endpoint_id = row
+            status, endpoint_id, erased_at = row
+            if erased_at is not None:
+                raise Conflict(ERASED_RETRY)
             ep = self._view.get(endpoint_id)
             if ep is None:
                 raise Conflict("the endpoint of this delivery was deleted; it cannot be retried")
