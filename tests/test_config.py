@@ -618,7 +618,7 @@ SECTION_KEYS = {
     "delivery": [f.name for f in dataclasses.fields(DeliveryConfig)],
     "security": ["https_only", "allow_networks"],
     "limits": [f.name for f in dataclasses.fields(LimitsConfig)],
-    "retention": ["days"],
+    "retention": ["days", "payload_days"],
     "log": ["level", "format"],
     "metrics": ["require_auth"],
 }

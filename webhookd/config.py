@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import yaml
 from yarl import URL
 
+from webhookd import schemas
+
 EVENT_TYPE_RE = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 TENANT_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 MIN_API_KEY_LEN = 32
@@ -46,6 +48,10 @@ class ApiKey:
 class EventTypeDecl:
     name: str
     description: str = ""
+    # A JSON Schema (draft 2020-12) for the payload and an example payload (checked
+    # against it at load: webhookd.schemas); None: none.
+    schema: dict[str, Any] | None = None
+    example: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,12 @@ class LimitsConfig:
 @dataclass(frozen=True)
 class RetentionConfig:
     days: float = 30
+    # Payloads older than this are erased, the rest of the log kept (None: `days`).
+    payload_days: float | None = None
+
+    @property
+    def payload_window_days(self) -> float:
+        return self.days if self.payload_days is None else self.payload_days
 
 
 @dataclass(frozen=True)
@@ -121,6 +133,29 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """OpenTelemetry traces (webhookd/tracing.py); off while otlp_endpoint is None."""
+
+    # The OTLP/HTTP collector's base URL: spans are posted to <otlp_endpoint>/v1/traces.
+    otlp_endpoint: str | None = None
+    service_name: str = "webhookd"
+    # The share of new traces kept; a publish with a traceparent follows its sampled flag.
+    sample_ratio: float = 1.0
+    # Sent with every export (a collector's API key): kept out of repr and logs.
+    headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+    # One export request, retries included.
+    timeout_s: float = 10.0
+
+    @property
+    def traces_url(self) -> str | None:
+        """Where spans are posted: otlp_endpoint + /v1/traces (as given when it ends so)."""
+        if self.otlp_endpoint is None:
+            return None
+        base = self.otlp_endpoint.rstrip("/")
+        return base if base.endswith("/v1/traces") else base + "/v1/traces"
+
+
+@dataclass(frozen=True)
 class Config:
     listen: str = "127.0.0.1:8080"
     database: str = "./webhookd.db"
@@ -134,6 +169,7 @@ class Config:
     metrics: MetricsConfig = MetricsConfig()
     cluster: ClusterConfig = ClusterConfig()
     console: ConsoleConfig = ConsoleConfig()
+    tracing: TracingConfig = TracingConfig()
 
     @property
     def listen_address(self) -> ListenAddress:
@@ -549,14 +585,27 @@ def _read_event_types(parent: _Reader, problems: list[str]) -> tuple[EventTypeDe
         r = _Reader(item, path, problems)
         name = r.get("name", "", _string, "a string")
         description = r.get("description", "", _string, "a string")
+        schema, example = _read_type_schema(r)
         r.finish()
         if not EVENT_TYPE_RE.fullmatch(name) or len(name) > 200:
             problems.append(
                 f"{path}.name: expected dot-separated segments of [a-zA-Z0-9_-], got {_show(name)}"
             )
             continue
-        out.append(EventTypeDecl(name=name, description=description))
+        out.append(EventTypeDecl(name, description, schema=schema, example=example))
     return tuple(out)
+
+
+def _read_type_schema(r: _Reader) -> tuple[Any, Any]:
+    """An event type's `schema` and `example`: a valid draft 2020-12 schema, and a payload
+    object that validates against it (webhookd.schemas); problems name the place."""
+    r.seen.update(("schema", "example"))
+    schema, example = r.data.get("schema"), r.data.get("example")
+    _, found = schemas.check_pair(schema, example)
+    for part, inside, msg in found:
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in inside)
+        r.problems.append(f"{r.key(part)}{where}: {msg}")
+    return (None, None) if found else (schema, example)
 
 
 def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> Config:
@@ -582,6 +631,7 @@ def config_from_mapping(data: Any, environ: Mapping[str, str] | None = None) -> 
         log=_read_section(top, "log", d.log, _read_log),
         metrics=_read_section(top, "metrics", d.metrics, _read_metrics),
         console=_read_section(top, "console", d.console, _read_console),
+        tracing=_read_section(top, "tracing", d.tracing, _read_tracing),
     )
     config = dataclasses.replace(
         config, cluster=_read_section(top, "cluster", d.cluster, _cluster_reader(config))
@@ -688,9 +738,10 @@ def _optional(convert: Callable[[Any], T]) -> Callable[[Any], T | None]:
 
 def _read_retention(s: _Reader) -> RetentionConfig:
     d = RetentionConfig()
-    return RetentionConfig(
-        days=s.get("days", d.days, _number(0, lo_open=True), "a number > 0"),
-    )
+    days = s.get("days", d.days, _number(0, lo_open=True), "a number > 0")
+    expected = f"a number > 0 and <= retention.days ({days:g})"
+    payload_days = s.get("payload_days", None, _optional(_number(0, days, lo_open=True)), expected)
+    return RetentionConfig(days=days, payload_days=payload_days)
 
 
 def _read_log(s: _Reader) -> LogConfig:
@@ -761,6 +812,86 @@ def _read_console(s: _Reader) -> ConsoleConfig:
             "session_ttl_s", d.session_ttl_s, _number(60, 604800), "a number of seconds 60-604800"
         ),
     )
+
+
+def _read_tracing(s: _Reader) -> TracingConfig:
+    d = TracingConfig()
+    return TracingConfig(
+        otlp_endpoint=_read_otlp_endpoint(s),
+        service_name=s.get(
+            "service_name", d.service_name, _bounded_string(1, 255), "a string of 1-255 characters"
+        ),
+        sample_ratio=s.get("sample_ratio", d.sample_ratio, _number(0, 1), "a number 0-1"),
+        headers=_read_tracing_headers(s),
+        timeout_s=s.get(
+            "timeout_s", d.timeout_s, _number(0, 300, lo_open=True), "a number > 0 and <= 300"
+        ),
+    )
+
+
+def _read_otlp_endpoint(s: _Reader) -> str | None:
+    """`tracing.otlp_endpoint`: an http(s) URL with a host and nothing after the path; a
+    problem never echoes the value."""
+    s.seen.add("otlp_endpoint")
+    raw = s.data.get("otlp_endpoint")
+    if raw is None:
+        return None
+    expected = "an http:// or https:// URL such as http://127.0.0.1:4318"
+    try:
+        url = URL(raw) if isinstance(raw, str) and raw.isprintable() and " " not in raw else None
+        port = url.explicit_port if url is not None else None
+    except ValueError:
+        url = port = None
+    if url is None or url.scheme not in ("http", "https") or not url.raw_host:
+        s.problems.append(f"{s.key('otlp_endpoint')}: expected {expected}")
+    elif "@" in raw:
+        s.problems.append(
+            f"{s.key('otlp_endpoint')}: expected a URL without user or password "
+            "(put the collector's credentials in tracing.headers)"
+        )
+    elif url.raw_query_string or url.raw_fragment or "?" in raw or "#" in raw:
+        s.problems.append(f"{s.key('otlp_endpoint')}: expected {expected}, without query")
+    elif port is not None and not 1 <= port <= 65535:
+        s.problems.append(f"{s.key('otlp_endpoint')}: expected a port 1-65535")
+    else:
+        return str(raw)
+    return None
+
+
+_HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,256}$")
+
+
+def _read_tracing_headers(s: _Reader) -> tuple[tuple[str, str], ...]:
+    """`tracing.headers`: a mapping of header names to strings; values (a collector's
+    credentials) are never echoed."""
+    s.seen.add("headers")
+    raw = s.data.get("headers")
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping) or len(raw) > 50:
+        s.problems.append(f"{s.key('headers')}: expected a mapping of at most 50 header names")
+        return ()
+    out: list[tuple[str, str]] = []
+    for name, value in raw.items():
+        if not isinstance(name, str) or not _HEADER_NAME_RE.fullmatch(name):
+            s.problems.append(f"{s.key('headers')}: {_show(name)} is not a header name")
+        elif not isinstance(value, str) or len(value) > 8192 or not value.isprintable():
+            s.problems.append(
+                f"{s.key('headers')}.{name}: expected a string of printable characters"
+            )
+        else:
+            out.append((name, value))
+    return tuple(out)
+
+
+def _bounded_string(lo: int, hi: int) -> Callable[[Any], str]:
+    def convert(raw: Any) -> str:
+        text = _string(raw)
+        if not lo <= len(text) <= hi:
+            raise ValueError
+        return text
+
+    return convert
 
 
 def _read_metrics(s: _Reader) -> MetricsConfig:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from webhookd import __version__, http1, logs
+from webhookd import __version__, http1, logs, tracing
 from webhookd.api import create_app
 from webhookd.api.connections import CONNECTIONS, Connections
 from webhookd.api.context import State
@@ -39,7 +39,7 @@ from webhookd.store.interface import Claimed, Endpoint, Member, Outcome, Storage
 
 log = logging.getLogger("webhookd")
 
-RESTART_ONLY = ("listen", "database")
+RESTART_ONLY = ("listen", "database", "tracing")
 LISTEN_BACKLOG = 128
 # How long stopping waits for API requests in progress to be answered.
 API_SHUTDOWN_S = 5.0
@@ -70,7 +70,15 @@ class Daemon:
         self.opevents: OpEvents | None = None
         self.metrics = Metrics()
         self.state.extra["metrics"] = self.metrics
-        self.retention = Retention(self.store, lambda: self.config.retention.days)
+        # None with tracing off; then nothing of OpenTelemetry is even imported.
+        self.tracer = tracing.start(config.tracing)
+        if self.tracer is not None:
+            self.state.extra[tracing.TRACER] = self.tracer
+        self.retention = Retention(
+            self.store,
+            lambda: self.config.retention.days,
+            payload_days=lambda: self.config.retention.payload_window_days,
+        )
         self._retention_task: asyncio.Task[None] | None = None
         self.runner: web.AppRunner | None = None
         self.connections: Connections | None = None
@@ -147,7 +155,11 @@ class Daemon:
                 log.exception("metrics update failed", extra={"event": "metrics_bug"})
 
         self.dispatcher = Dispatcher(
-            self.store, self.client, self.config.delivery, on_outcome=on_outcome
+            self.store,
+            self.client,
+            self.config.delivery,
+            on_outcome=on_outcome,
+            tracer=self.tracer,
         )
         self.state.dispatcher = self.dispatcher
         await self.dispatcher.start()
@@ -315,6 +327,9 @@ class Daemon:
             await self.client.close()
         if self.resolver is not None:
             await self.resolver.close()
+        if self.tracer is not None:
+            # After the last attempt: its span is among those exported now.
+            await self.tracer.close()
         await self.store.close()
         address = self.config.listen_address
         if address.unix_path is not None:
