@@ -10,7 +10,17 @@ import hmac
 from aiohttp import web
 
 from webhookd import metrics
-from webhookd.api import connections, deliveries, endpoints, events, openapi, ops, portal_links
+from webhookd.api import (
+    connections,
+    deliveries,
+    endpoints,
+    erasure,
+    event_types,
+    events,
+    openapi,
+    ops,
+    portal_links,
+)
 from webhookd.api.context import API_KEY, STATE, State
 from webhookd.api.errors import ApiError, Handler, error_for
 from webhookd.config import ApiKey, Config
@@ -81,6 +91,8 @@ def create_app(state: State) -> web.Application:
     app.add_routes(openapi.routes())
     app.add_routes([web.get("/metrics", metrics.handler, allow_head=False)])
     app.add_routes(events.routes())
+    app.add_routes(erasure.routes())
+    app.add_routes(event_types.routes())
     app.add_routes(endpoints.routes())
     app.add_routes(deliveries.routes())
     app.add_routes(portal_links.routes())

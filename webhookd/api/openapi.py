@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import __version__
+from webhookd.api import auth_fields
 from webhookd.api.errors import json_response
 from webhookd.api.openapi_text import (
     FIELDS,
@@ -25,11 +26,12 @@ from webhookd.api.openapi_text import (
 )
 from webhookd.console.security import CAPABILITIES as PORTAL_CAPABILITIES
 from webhookd.formats import FORMATS
-from webhookd.signing import SCHEMES
+from webhookd.signing import ALGORITHMS, SCHEMES
 from webhookd.store.interface import DELIVERY_STATES
 
 J = dict[str, Any]
 NULLABLE_STRING: J = {"type": ["string", "null"]}
+NULLABLE_OBJECT: J = {"type": ["object", "null"]}
 TIME: J = {"type": "string", "format": "date-time"}
 NULLABLE_TIME: J = {"type": ["string", "null"], "format": "date-time"}
 EVENT_TYPE_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
@@ -63,8 +65,10 @@ SIGNATURE: J = obj(
         "scheme": {"type": "string", "enum": list(SCHEMES)},
         "header": {"type": "string"},
         "timestamp_header": {"type": "string"},
+        "algorithm": {"type": "string", "enum": list(ALGORITHMS)},
     },
 )
+PUBLIC_KEY: J = {"type": "string", "pattern": "^whpk_"}
 FORMAT: J = {
     "oneOf": [
         {"type": "string", "enum": list(FORMATS)},
@@ -166,6 +170,7 @@ ENDPOINT_FIELDS: J = {
         "dependentRequired": {"client_cert": ["client_key"], "client_key": ["client_cert"]},
         "description": "TLS material for this endpoint; null: none (the system trust store).",
     },
+    "auth": auth_fields.openapi_schema(answer=False),
 }
 TLS_OUT: J = {
     "type": ["object", "null"],
@@ -199,12 +204,14 @@ ENDPOINT_OUT: J = obj(
         "filter",
         "channels",
         "tls",
+        "auth",
         "created_at",
         "updated_at",
     ],
     {
         **ENDPOINT_FIELDS,
         "tls": TLS_OUT,
+        "auth": auth_fields.openapi_schema(answer=True),
         "id": {"type": "string"},
         "tenant": NULLABLE_STRING,
         "disabled_reason": {"type": ["string", "null"], "enum": ["gone", "failing", None]},
@@ -212,6 +219,7 @@ ENDPOINT_OUT: J = obj(
         "created_at": TIME,
         "updated_at": TIME,
         "secret": {"type": "string"},
+        "public_key": PUBLIC_KEY,
     },
 )
 PUBLISH: J = obj(
@@ -271,7 +279,8 @@ EVENT_FIELDS: J = {
     "id": {"type": "string"},
     "type": {"type": "string"},
     "tenant": NULLABLE_STRING,
-    "payload": {"type": "object"},
+    "payload": {"type": ["object", "null"]},
+    "payload_erased_at": NULLABLE_TIME,
     "deliver_at": NULLABLE_TIME,
     "created_at": TIME,
 }
@@ -344,9 +353,10 @@ SCHEMAS: J = {
         ["secret", "previous_secrets"],
         {
             "secret": {"type": "string"},
+            "public_key": PUBLIC_KEY,
             "previous_secrets": {
                 "type": "array",
-                "items": obj(["expires_at"], {"expires_at": TIME}),
+                "items": obj(["expires_at"], {"expires_at": TIME, "public_key": PUBLIC_KEY}),
             },
         },
     ),
@@ -355,9 +365,10 @@ SCHEMAS: J = {
         {
             "secret": {"type": ["string", "null"], "maxLength": 256},
             "grace_s": {"type": "number", "minimum": 0, "maximum": 604800},
+            "algorithm": {"type": ["string", "null"], "enum": [*ALGORITHMS, None]},
         },
     ),
-    "RotateResult": obj(["secret"], {"secret": {"type": "string"}}),
+    "RotateResult": obj(["secret"], {"secret": {"type": "string"}, "public_key": PUBLIC_KEY}),
     "TestRequest": obj(
         [],
         {
@@ -431,12 +442,14 @@ SCHEMAS: J = {
     ),
     "DeliveryPage": page("Delivery"),
     "EventType": obj(
-        ["name", "description", "source", "created_at"],
+        ["name", "description", "source", "created_at", "schema", "example"],
         {
             "name": {"type": "string"},
             "description": {"type": "string"},
             "source": {"type": "string", "enum": ["builtin", "config", "api"]},
             "created_at": TIME,
+            "schema": NULLABLE_OBJECT,
+            "example": NULLABLE_OBJECT,
         },
     ),
     "EventTypeCreate": obj(
@@ -449,6 +462,16 @@ SCHEMAS: J = {
                 "pattern": EVENT_TYPE_PATTERN,
             },
             "description": {"type": "string", "maxLength": 1000},
+            "schema": NULLABLE_OBJECT,
+            "example": NULLABLE_OBJECT,
+        },
+    ),
+    "EventTypeUpdate": obj(
+        [],
+        {
+            "description": {"type": "string", "maxLength": 1000},
+            "schema": NULLABLE_OBJECT,
+            "example": NULLABLE_OBJECT,
         },
     ),
     "EventTypePage": page("EventType"),
@@ -583,11 +606,31 @@ def _event_type_paths() -> J:
             ),
         },
         "/v1/event-types/{name}": {
+            "get": op("Get an event type", 200, "EventType", (404,), params=[path_param("name")]),
+            "patch": op(
+                "Change an event type",
+                200,
+                "EventType",
+                (400, 403, 404, 409, 413, 422),
+                body="EventTypeUpdate",
+                params=[path_param("name")],
+            ),
             "delete": op(
                 "Delete an event type", 204, None, (403, 404, 409), params=[path_param("name")]
-            )
+            ),
         },
+        "/v1/event-types/{name}/schema": {"get": _schema_op()},
     }
+
+
+def _schema_op() -> J:
+    """GET /v1/event-types/{name}/schema: the schema alone, as application/schema+json."""
+    out = op("Get an event type's JSON Schema", 200, None, (404,), params=[path_param("name")])
+    out["responses"]["200"] = {
+        "description": "The type's JSON Schema (draft 2020-12)",
+        "content": {"application/schema+json": {"schema": {"type": "object"}}},
+    }
+    return out
 
 
 def _endpoint_paths() -> J:
@@ -678,6 +721,16 @@ def _endpoint_operation_paths() -> J:
     }
 
 
+# W3C trace context (webhookd/tracing.py): no pattern, since an invalid one is ignored,
+# never refused.
+TRACEPARENT: J = {
+    "name": "traceparent",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
+
 def _event_paths() -> J:
     """Publishing and reading events."""
     return {
@@ -708,7 +761,8 @@ def _event_paths() -> J:
                         "in": "header",
                         "required": False,
                         "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
-                    }
+                    },
+                    TRACEPARENT,
                 ],
             },
         },
@@ -721,6 +775,7 @@ def _event_paths() -> J:
                     (400, 403, 409, 413, 422),
                     body="BatchRequest",
                 ),
+                "parameters": [TRACEPARENT],
             }
         },
         "/v1/events/{event_id}": {
@@ -734,6 +789,15 @@ def _event_paths() -> J:
                     # Ids are unique per tenant: which tenant's (empty: no tenant's).
                     query("tenant", {"type": "string"}),
                 ],
+            )
+        },
+        "/v1/events/{event_id}/payload": {
+            "delete": op(
+                "Erase the event's payload",
+                204,
+                None,
+                (403, 404, 409, 422),
+                params=[path_param("event_id"), query("tenant", {"type": "string"})],
             )
         },
     }

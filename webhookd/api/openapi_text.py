@@ -64,8 +64,28 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
     ("post", "/v1/event-types"): (
         "event_types.create",
         "event-types",
-        "Add an event type to the catalog (409 if it exists). A tenant-scoped key gets 403: "
-        "the catalog is shared.",
+        "Add an event type to the catalog (409 if it exists), with an optional JSON Schema "
+        "(draft 2020-12) that every published payload of the type must validate against, and "
+        "an example payload (which must validate). A tenant-scoped key gets 403: the catalog "
+        "is shared.",
+    ),
+    ("get", "/v1/event-types/{name}"): (
+        "event_types.get",
+        "event-types",
+        "One event type, with its schema and example (null when it has none).",
+    ),
+    ("patch", "/v1/event-types/{name}"): (
+        "event_types.update",
+        "event-types",
+        "Change the description, schema or example of a type created through the API (null "
+        "removes the schema or the example); the example must validate against the schema the "
+        "type ends with. Built-in and config types cannot be changed (409).",
+    ),
+    ("get", "/v1/event-types/{name}/schema"): (
+        "event_types.schema",
+        "event-types",
+        "The type's JSON Schema alone (application/schema+json), for receivers' tooling; "
+        "404 when the type has none.",
     ),
     ("delete", "/v1/event-types/{name}"): (
         "event_types.delete",
@@ -117,7 +137,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "endpoints.recover",
         "endpoints",
         "Put the failed and skipped deliveries created between since and until back to "
-        "pending, to be attempted again.",
+        "pending, to be attempted again. Those of events whose payload was erased stay as "
+        "they are (409 when they are all the window holds).",
     ),
     ("get", "/v1/endpoints/{endpoint_id}/stats"): (
         "endpoints.stats",
@@ -149,6 +170,14 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "events",
         "One event with its payload and a summary of each of its deliveries.",
     ),
+    ("delete", "/v1/events/{event_id}/payload"): (
+        "events.erase_payload",
+        "events",
+        "Erase the event's stored payload now: the event stays listed with payload null "
+        "and payload_erased_at, and its pending and in-flight deliveries become cancelled "
+        "(none can be retried or recovered: 409). Erasing again answers 204 and keeps the "
+        "first time. The event is looked up as GET /v1/events/{event_id} does.",
+    ),
     ("get", "/v1/deliveries"): (
         "deliveries.list",
         "deliveries",
@@ -164,7 +193,8 @@ OPERATIONS: dict[tuple[str, str], tuple[str, str, str]] = {
         "deliveries",
         "Attempt the delivery again now, whatever its state (a delivered one is resent). A "
         "manual attempt that fails is not retried. 409 while its endpoint is disabled, "
-        "deleted or paused, or an attempt is in progress.",
+        "deleted or paused, or an attempt is in progress, and once its event's payload "
+        "was erased.",
     ),
 }
 
@@ -201,12 +231,17 @@ SCHEMAS = {
     "DeliveryPage": "One page of deliveries.",
     "EventType": "An event type of the catalog.",
     "EventTypeCreate": "A new event type.",
+    "EventTypeUpdate": "Changes to an event type; fields left out keep their value.",
     "EventTypePage": "One page of event types.",
 }
 
 # Field descriptions by name; FIELDS_IN names the few whose meaning depends on the schema.
 FIELDS = {
     "active": "false: no attempts are made and deliveries are skipped until enabled again.",
+    "algorithm": "Of the standard scheme: hmac-sha256 (v1 signatures with a whsec_ secret, "
+    "the default) or ed25519 (v1a signatures with a whsk_ private key; receivers verify with "
+    "the whpk_ public key). It is the kind of the current secret: a PATCH cannot change it; "
+    "rotating the secret with the other algorithm does.",
     "attempt_count": "Attempts made so far.",
     "attempts": "Every attempt, oldest first.",
     "ca": "PEM bundle trusted for this endpoint instead of the system store.",
@@ -227,8 +262,9 @@ FIELDS = {
     "duration_ms": "How long the attempt took, in milliseconds.",
     "endpoint_id": "The endpoint's id (ep_…).",
     "error": "The error code: malformed_json, unauthorized, not_found, validation_error, ….",
-    "error_kind": "Why no response came (timeout, connection_refused, dns, tls, …); null "
-    "when one came.",
+    "error_kind": "Why no response came (timeout, connection_refused, dns, tls, …), or "
+    "auth_token when no token could be had from the endpoint's OAuth 2.0 token endpoint; "
+    "null when a response came.",
     "error_message": "One sentence for the operator about the failure; null on a response.",
     "event_id": "The event's id (evt_… or the id given at publish).",
     "event_type": "The event's type.",
@@ -256,21 +292,26 @@ FIELDS = {
     "paused": "true: deliveries wait as pending and nothing is attempted until it is false "
     "again; then they go at the endpoint's limits, in order where ordered. Unlike "
     "active: false, nothing is skipped.",
-    "payload": "The event's data, sent to endpoints as data.",
+    "payload": "The event's data, sent to endpoints as data; null once erased.",
+    "payload_erased_at": "When the payload was erased (DELETE /v1/events/{event_id}/payload "
+    "or retention.payload_days); null while it is kept.",
     "pending": "Deliveries waiting for their next attempt.",
     "previous_secrets": "Rotated-out secrets that still sign, until they expire.",
     "problems": "What keeps the daemon from being ready.",
     "proxy": "A forward proxy for this endpoint; null: delivery.proxy.",
+    "public_key": "The Ed25519 public key (whpk_ + base64 of 32 bytes) that verifies the v1a "
+    "signatures of this secret; only for signature.algorithm ed25519.",
     "rate_limit_per_s": "At most this many attempts per second; null: no limit.",
     "reason": "Why storage cannot write.",
-    "request_headers": "The headers sent, signature headers included (a token shown as "
-    "[redacted]).",
+    "request_headers": "The headers sent, signature headers included (a token and the "
+    "Authorization of the endpoint's auth shown as [redacted]).",
     "requeued": "How many deliveries went back to pending.",
     "response_body": "The start of the response body, as text.",
     "response_headers": "The response's headers.",
     "scheme": "The signature scheme: standard, hmac-sha256, hmac-sha256-timestamped, "
     "token or none.",
-    "secret": "The signing secret (whsec_… for the standard scheme).",
+    "secret": "The signing secret (whsec_… for the standard scheme, or a whsk_… Ed25519 "
+    "private key with signature.algorithm ed25519).",
     "signature": "How requests are signed.",
     "since": "From this time on (RFC 3339).",
     "skipped": "Deliveries skipped while the endpoint was disabled.",
@@ -318,7 +359,24 @@ FIELDS_IN = {
     ("Health", "status"): "ok, ready, or unavailable.",
     ("EventType", "description"): "What the event means.",
     ("EventTypeCreate", "description"): "What the event means.",
+    ("EventTypeUpdate", "description"): "What the event means.",
+    ("EventType", "schema"): "The JSON Schema (draft 2020-12) every payload of the type must "
+    "validate against; null: any object.",
+    ("EventTypeCreate", "schema"): "A JSON Schema (draft 2020-12) every payload of the type "
+    "must validate against; remote $ref are refused, never fetched.",
+    ("EventTypeUpdate", "schema"): "A new JSON Schema (draft 2020-12) for the payloads; null "
+    "removes it.",
+    ("EventType", "example"): "An example payload (sent by endpoint tests and webhookd trigger).",
+    ("EventTypeCreate", "example"): "An example payload; it must validate against the schema.",
+    ("EventTypeUpdate", "example"): "A new example payload (it must validate); null removes it.",
     ("Endpoint", "secret"): "The signing secret; only in the answer to its creation.",
+    ("Endpoint", "public_key"): "The Ed25519 public key of the secret (whpk_…); only in the "
+    "answer to its creation, and only for signature.algorithm ed25519.",
+    ("RotateRequest", "algorithm"): "Switch the standard scheme's algorithm with this "
+    "rotation: hmac-sha256 or ed25519 (a secret of that kind is generated unless given). "
+    "Default: the kind of the secret given, else the endpoint's algorithm.",
+    ("RotateRequest", "secret"): "The new secret: whsec_… (hmac-sha256) or whsk_… (ed25519, "
+    "base64 of a 32-byte Ed25519 seed) for the standard scheme; default generated.",
 }
 PARAMETERS = {
     "limit": "Items per page, 1-250.",
@@ -335,4 +393,8 @@ PARAMETERS = {
     "status": "Only deliveries in this state.",
     "name": "The event type's name.",
     "Idempotency-Key": "Makes the publish idempotent, like the body's id.",
+    "traceparent": (
+        "W3C trace context of the caller: kept with the event, and every request sent for "
+        "it carries a traceparent in that trace. An invalid one is ignored."
+    ),
 }

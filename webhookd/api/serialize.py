@@ -6,6 +6,7 @@ from typing import Any
 
 import orjson
 
+from webhookd.api import auth_fields, keys
 from webhookd.config import Config
 from webhookd.signing import REDACTED
 from webhookd.store.interface import (
@@ -42,11 +43,12 @@ def endpoint(ep: Endpoint, config: Config, *, with_secret: bool = False) -> dict
         "tls": redacted_tls(ep.tls),
         "filter": ep.filter,
         "channels": None if ep.channels is None else list(ep.channels),
+        "auth": auth_fields.redacted(ep.auth),
         "created_at": to_rfc3339(ep.created_at),
         "updated_at": to_rfc3339(ep.updated_at),
     }
     if with_secret:
-        out["secret"] = ep.secret
+        out.update(keys.secret_fields(ep.signature, ep.secret))  # and public_key (Ed25519)
     return out
 
 
@@ -98,6 +100,8 @@ def event_type(et: EventType) -> dict[str, Any]:
         "description": et.description,
         "source": et.source,
         "created_at": to_rfc3339(et.created_at),
+        "schema": et.schema,
+        "example": et.example,
     }
 
 
@@ -117,7 +121,9 @@ def event(ev: Event, deliveries: list[Delivery] | None = None) -> dict[str, Any]
         "id": ev.id,
         "type": ev.type,
         "tenant": ev.tenant,
-        "payload": orjson.Fragment(ev.payload_json),
+        # Erased (DELETE /v1/events/{id}/payload, retention.payload_days): null.
+        "payload": None if ev.payload_erased_at is not None else orjson.Fragment(ev.payload_json),
+        "payload_erased_at": to_rfc3339(ev.payload_erased_at),
         "deliver_at": to_rfc3339(ev.deliver_at),
         "created_at": to_rfc3339(ev.created_at),
     }

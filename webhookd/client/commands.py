@@ -11,6 +11,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from webhookd.client import auth_options
 from webhookd.client.api import (
     DEFAULT_URL,
     DELIVERY_STATES,
@@ -55,6 +56,7 @@ from webhookd.client.views import (
     render_delivery,
     render_endpoint,
     render_event,
+    render_event_type,
     render_list,
     render_published,
     render_requeued,
@@ -63,7 +65,7 @@ from webhookd.client.views import (
     render_secret,
     render_stats,
 )
-from webhookd.signing import SCHEMES
+from webhookd.signing import ALGORITHMS, SCHEMES
 
 if TYPE_CHECKING:
     pass
@@ -99,6 +101,12 @@ def call_action(
     return action
 
 
+async def erase_payload(api: Api, args: argparse.Namespace) -> Any:
+    """DELETE /v1/events/{id}/payload, with ?tenant= when one is given."""
+    await api.erase_payload(args.id, tenant=args.tenant)
+    return {}
+
+
 ENDPOINT_FIELDS = {
     "target_url": "url",
     "events": "events",
@@ -123,8 +131,10 @@ def endpoint_body(args: argparse.Namespace) -> dict[str, Any]:
         value = getattr(args, dest, None)
         if value is not None:
             body[field] = None if value == "none" else value
-    if args.scheme:
-        body["signature"] = {"scheme": args.scheme}
+    if args.scheme or args.algorithm:
+        body["signature"] = {"scheme": args.scheme or "standard"}
+        if args.algorithm:
+            body["signature"]["algorithm"] = args.algorithm
     if args.header:
         body["headers"] = dict(args.header)
     if args.metadata:
@@ -135,6 +145,8 @@ def endpoint_body(args: argparse.Namespace) -> dict[str, Any]:
     elif getattr(args, "no_tls", False):
         body["tls"] = None
     body.update(endpoint_fields(args))
+    if (auth := auth_options.auth_field(args)) is not auth_options.UNSET:
+        body["auth"] = auth
     return body
 
 
@@ -167,7 +179,7 @@ def recover_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def rotate_body(args: argparse.Namespace) -> dict[str, Any]:
-    return _given({"secret": args.secret, "grace_s": args.grace_s})
+    return _given({"secret": args.secret, "grace_s": args.grace_s, "algorithm": args.algorithm})
 
 
 def publish_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -185,7 +197,23 @@ def publish_body(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def event_type_body(args: argparse.Namespace) -> dict[str, Any]:
-    return {"name": args.name, "description": args.description}
+    body = {"name": args.name, "description": args.description}
+    return {**body, **_given({"schema": args.schema, "example": args.example})}
+
+
+def event_type_update_body(args: argparse.Namespace) -> dict[str, Any]:
+    given = _given(
+        {"description": args.description, "schema": args.schema, "example": args.example}
+    )
+    body = {key: None if value == "none" else value for key, value in given.items()}
+    if not body:
+        raise UsageError("nothing to update; give --description, --schema or --example")
+    return body
+
+
+def _json_file_or_none(path: str) -> dict[str, Any] | str:
+    """A JSON object file (or - for stdin), or "none" to remove the value."""
+    return "none" if path.lower() == "none" else json_file(path)
 
 
 # Retries sent at once by `endpoints retry-now`: enough to go fast, few enough that a
@@ -286,7 +314,11 @@ def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
         # Optional for argparse so that a missing URL gets a message that tells it apart
         # from --url, the daemon's address (see endpoint_body).
         p.add_argument("target_url", metavar="URL", nargs="?", help="where deliveries are POSTed")
-        p.add_argument("--secret", help="signing secret (default: a generated whsec_ secret)")
+        p.add_argument(
+            "--secret",
+            help="signing secret (default: a generated whsec_ secret, or a whsk_ key with "
+            "--algorithm ed25519)",
+        )
     else:
         p.add_argument("id", help="endpoint id (ep_…)")
         p.add_argument("--target", dest="target_url", metavar="URL", help="a new URL to deliver to")
@@ -297,6 +329,12 @@ def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
     p.add_argument("--tenant", help="the customer account the endpoint belongs to")
     p.add_argument("--description", help="free text")
     p.add_argument("--scheme", choices=SCHEMES, help="signature scheme (default standard)")
+    p.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        help="the standard scheme's algorithm: hmac-sha256 (default) or ed25519 (v1a "
+        "signatures; receivers verify with the public key)",
+    )
     p.add_argument(
         "--format", type=body_format, metavar="F[,F]", help="json, form, multipart or a chain"
     )
@@ -329,6 +367,7 @@ def _endpoint_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
     )
     _transport_options(p, creating=creating)
     add_endpoint_options(p, creating=creating)
+    auth_options.add_auth_options(p, creating=creating)
 
 
 def _transport_options(p: argparse.ArgumentParser, *, creating: bool) -> None:
@@ -451,6 +490,11 @@ def _add_endpoint_operations(
     p.add_argument("id", help="endpoint id (ep_…)")
     p.add_argument("--secret", help="the new secret (default: a generated one)")
     p.add_argument("--grace-s", type=float, metavar="N", help="grace period (default 86400)")
+    p.add_argument(
+        "--algorithm",
+        choices=ALGORITHMS,
+        help="switch the standard scheme to this algorithm with the new secret",
+    )
     for name, path, help_text, render in (
         ("secret", "secret", "show the signing secret", render_secret),
         ("stats", "stats", "delivery counts and success rate", render_stats),
@@ -531,6 +575,16 @@ def _add_events(sub: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentP
     p.add_argument("id", help="event id (evt_…)")
     p = _leaf(
         g,
+        "erase-payload",
+        "erase an event's stored payload now (its pending deliveries are cancelled)",
+        co,
+        erase_payload,
+        message("erased the payload of event {args[id]}"),
+    )
+    p.add_argument("id", help="event id (evt_…)")
+    p.add_argument("--tenant", help="the tenant whose event this is, when several use the id")
+    p = _leaf(
+        g,
         "publish",
         "publish an event to every subscribed endpoint",
         co,
@@ -607,6 +661,46 @@ def _add_event_types(sub: Subparsers[argparse.ArgumentParser], co: argparse.Argu
     )
     p.add_argument("name", help="dot-separated name, e.g. order.created")
     p.add_argument("--description", default="", help="what the event means")
+    p.add_argument(
+        "--schema",
+        type=json_file,
+        metavar="FILE",
+        help="JSON Schema (draft 2020-12) file every payload must validate against (- for stdin)",
+    )
+    p.add_argument(
+        "--example", type=json_file, metavar="FILE", help="example payload file (must validate)"
+    )
+    p = _leaf(
+        g,
+        "get",
+        "show one event type with its schema and example",
+        co,
+        call_action("GET", "/v1/event-types/{name}"),
+        render_event_type,
+    )
+    p.add_argument("name", help="the event type's name")
+    p = _leaf(
+        g,
+        "update",
+        "change an event type's description, schema or example",
+        co,
+        call_action("PATCH", "/v1/event-types/{name}", event_type_update_body),
+        message("updated event type {doc[name]}"),
+    )
+    p.add_argument("name", help="the event type's name")
+    p.add_argument("--description", help="what the event means")
+    p.add_argument(
+        "--schema",
+        type=_json_file_or_none,
+        metavar="FILE",
+        help="new JSON Schema file (- for stdin), or none to remove the schema",
+    )
+    p.add_argument(
+        "--example",
+        type=_json_file_or_none,
+        metavar="FILE",
+        help="new example payload file, or none to remove the example",
+    )
     p = _leaf(
         g,
         "delete",

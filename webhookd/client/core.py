@@ -381,6 +381,12 @@ class AsyncClient:
         params = _given(tenant=tenant)
         return cast(EventDetail, await self.request("GET", _p("events", event_id), params=params))
 
+    async def erase_payload(self, event_id: str, *, tenant: str | None = None) -> None:
+        """Erase the event's stored payload now: it stays listed with payload None, and its
+        pending and in-flight deliveries are cancelled. Erasing again changes nothing."""
+        path = _p("events", event_id, "payload")
+        await self.request("DELETE", path, params=_given(tenant=tenant))
+
     async def list_events(
         self,
         *,
@@ -447,11 +453,19 @@ class AsyncClient:
         return cast(Secret, await self.request("GET", _p("endpoints", endpoint_id, "secret")))
 
     async def rotate_secret(
-        self, endpoint_id: str, *, secret: str | None = None, grace_s: float | None = None
+        self,
+        endpoint_id: str,
+        *,
+        secret: str | None = None,
+        grace_s: float | None = None,
+        algorithm: str | None = None,
     ) -> str:
-        """A new signing secret (yours, or generated); the old one signs for `grace_s` more."""
+        """A new signing secret (yours, or generated); the old one signs for `grace_s` more.
+        `algorithm` (`hmac-sha256` or `ed25519`) switches the standard scheme's algorithm;
+        the public key of an Ed25519 secret is in `endpoint_secret`."""
         path = _p("endpoints", endpoint_id, "secret", "rotate")
-        answer = await self.request("POST", path, body=_given(secret=secret, grace_s=grace_s))
+        body = _given(secret=secret, grace_s=grace_s, algorithm=algorithm)
+        answer = await self.request("POST", path, body=body)
         return str(answer["secret"])
 
     async def test_endpoint(
@@ -527,9 +541,32 @@ class AsyncClient:
             if not cursor:
                 return out
 
-    async def create_event_type(self, name: str, description: str = "") -> EventType:
+    async def create_event_type(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        schema: Mapping[str, Any] | None = None,
+        example: Mapping[str, Any] | None = None,
+    ) -> EventType:
+        """Add a type; with `schema` (JSON Schema draft 2020-12) every payload published to
+        it must validate, and `example` (which must validate) is what tests send."""
         body = {"name": name, "description": description}
+        body.update(_given(schema=schema, example=example))
         return cast(EventType, await self.request("POST", "/v1/event-types", body=body))
+
+    async def get_event_type(self, name: str) -> EventType:
+        return cast(EventType, await self.request("GET", _p("event-types", name)))
+
+    async def update_event_type(self, name: str, **changes: Any) -> EventType:
+        """Change `description`, `schema` or `example` (None removes a schema or example)."""
+        path = _p("event-types", name)
+        return cast(EventType, await self.request("PATCH", path, body=changes))
+
+    async def event_type_schema(self, name: str) -> dict[str, Any]:
+        """The type's JSON Schema alone (a 404 WebhookdError when it has none)."""
+        schema = await self.request("GET", _p("event-types", name, "schema"))
+        return cast(dict[str, Any], schema)
 
     async def delete_event_type(self, name: str) -> None:
         await self.request("DELETE", _p("event-types", name))

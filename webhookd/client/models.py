@@ -64,11 +64,13 @@ class Endpoint(TypedDict, total=False):
     created_at: str
     updated_at: str
     secret: str
+    public_key: str  # whpk_…, with the secret, for signature.algorithm ed25519
 
 
 class Secret(TypedDict):
     secret: str
-    previous_secrets: list[dict[str, str]]
+    public_key: NotRequired[str]  # whpk_…, for signature.algorithm ed25519
+    previous_secrets: list[dict[str, str]]  # expires_at (and public_key, for Ed25519 keys)
 
 
 class TestResult(TypedDict):
@@ -123,7 +125,8 @@ class Event(TypedDict):
     id: str
     type: str
     tenant: str | None
-    payload: dict[str, Any]
+    payload: dict[str, Any] | None  # None once erased
+    payload_erased_at: str | None
     deliver_at: str | None
     created_at: str
     channels: NotRequired[list[str]]  # only when the event has channels
@@ -138,4 +141,5 @@ class EventType(TypedDict, total=False):
     description: str
     source: str
     created_at: str
-    example: dict[str, Any]
+    schema: dict[str, Any] | None
+    example: dict[str, Any] | None

@@ -148,6 +148,10 @@ class Client:
     def get_event(self, event_id: str, *, tenant: str | None = None) -> EventDetail:
         return self._run(self._async.get_event(event_id, tenant=tenant))
 
+    def erase_payload(self, event_id: str, *, tenant: str | None = None) -> None:
+        """Erase the event's stored payload now (its unfinished deliveries are cancelled)."""
+        self._run(self._async.erase_payload(event_id, tenant=tenant))
+
     def list_events(
         self,
         *,
@@ -209,9 +213,18 @@ class Client:
         return self._run(self._async.endpoint_secret(endpoint_id))
 
     def rotate_secret(
-        self, endpoint_id: str, *, secret: str | None = None, grace_s: float | None = None
+        self,
+        endpoint_id: str,
+        *,
+        secret: str | None = None,
+        grace_s: float | None = None,
+        algorithm: str | None = None,
     ) -> str:
-        return self._run(self._async.rotate_secret(endpoint_id, secret=secret, grace_s=grace_s))
+        return self._run(
+            self._async.rotate_secret(
+                endpoint_id, secret=secret, grace_s=grace_s, algorithm=algorithm
+            )
+        )
 
     def test_endpoint(
         self,
@@ -268,8 +281,26 @@ class Client:
     def list_event_types(self) -> list[EventType]:
         return self._run(self._async.list_event_types())
 
-    def create_event_type(self, name: str, description: str = "") -> EventType:
-        return self._run(self._async.create_event_type(name, description))
+    def create_event_type(
+        self,
+        name: str,
+        description: str = "",
+        *,
+        schema: Mapping[str, Any] | None = None,
+        example: Mapping[str, Any] | None = None,
+    ) -> EventType:
+        return self._run(
+            self._async.create_event_type(name, description, schema=schema, example=example)
+        )
+
+    def get_event_type(self, name: str) -> EventType:
+        return self._run(self._async.get_event_type(name))
+
+    def update_event_type(self, name: str, **changes: Any) -> EventType:
+        return self._run(self._async.update_event_type(name, **changes))
+
+    def event_type_schema(self, name: str) -> dict[str, Any]:
+        return self._run(self._async.event_type_schema(name))
 
     def delete_event_type(self, name: str) -> None:
         self._run(self._async.delete_event_type(name))

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from webhookd.console import auth, deliveries, endpoints, live
+from webhookd.console import auth, deliveries, endpoints, erasure, event_types, live
 from webhookd.console.pages import ConsoleHandler, Ctx, page, static
+from webhookd.console.routing import filter_preview
 
 PREFIXES = ("/console", "/portal")
 
@@ -24,6 +25,7 @@ _PAGES: list[tuple[str, str, ConsoleHandler, str | None]] = [
     ("GET", "/endpoints/new", endpoints.new_form, "manage_endpoints"),
     ("POST", "/endpoints", endpoints.create, "manage_endpoints"),
     ("GET", "/events-preview", endpoints.events_preview, None),
+    ("POST", "/filter-preview", filter_preview, "manage_endpoints"),
     ("GET", "/endpoints/{endpoint_id}", endpoints.detail, None),
     ("GET", "/endpoints/{endpoint_id}/edit", endpoints.edit_form, "manage_endpoints"),
     ("POST", "/endpoints/{endpoint_id}/edit", endpoints.edit, "manage_endpoints"),
@@ -42,7 +44,11 @@ _PAGES: list[tuple[str, str, ConsoleHandler, str | None]] = [
     ("GET", "/deliveries/{delivery_id}", deliveries.delivery_page, None),
     ("POST", "/deliveries/{delivery_id}/retry", deliveries.retry, "retry"),
     ("GET", "/events/{event_id}", deliveries.event_page, None),
+    # Operators only (the handlers check): no portal capability covers erasure.
+    ("GET", "/events/{event_id}/erase-payload", erasure.confirm, None),
+    ("POST", "/events/{event_id}/erase-payload", erasure.erase, None),
     ("GET", "/charts", endpoints.overview, None),
+    ("GET", "/event-types", event_types.catalog, None),
     ("GET", "/live", live.stream, None),
 ]
 

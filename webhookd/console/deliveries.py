@@ -144,6 +144,8 @@ async def _event(request: web.Request, ctx: Ctx, event_id: str) -> tuple[Event, 
 def request_body(event: Event, attempt: Attempt) -> str:
     """The body the attempt sent, made again from the event exactly as the dispatcher
     makes it (the multipart boundary read back from the Content-Type that was sent)."""
+    if event.payload_erased_at is not None:
+        return f"(not kept: the payload was erased at {to_rfc3339(event.payload_erased_at)})"
     content_type = next(
         (v for k, v in attempt.request_headers.items() if k.lower() == "content-type"), ""
     )
