@@ -157,7 +157,14 @@ def start(config: TracingConfig) -> Tracer | None:
             extra={"event": "tracing_unavailable"},
         )
         return None
-    tracer = OtelTracer(config)
+    try:
+        tracer = OtelTracer(config)
+    except Exception as exc:  # e.g. a bad OTEL_* variable: deliver anyway, untraced
+        log.error(
+            f"tracing could not start ({type(exc).__name__}: {str(exc)[:200]}); traces are off",
+            extra={"event": "tracing_unavailable"},
+        )
+        return None
     log.info(
         "tracing on",
         extra={
