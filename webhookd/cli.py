@@ -92,19 +92,30 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_listen(args: argparse.Namespace) -> int:
-    from webhookd.listen import Listener, SecretError, check_secret, run
+    from webhookd.listen import Listener, SecretError, check_public_key, check_secret, run
 
-    if args.secret is not None:
-        try:
+    try:
+        if args.secret is not None:
             check_secret(args.secret, args.scheme)
-        except SecretError as exc:
-            print(f"webhookd listen: --secret: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+    except SecretError as exc:
+        print(f"webhookd listen: --secret: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        if args.public_key is not None:
+            check_public_key(args.public_key, args.scheme)
+    except SecretError as exc:
+        print(f"webhookd listen: --public-key: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.forward_to is not None and not args.forward_to.startswith(("http://", "https://")):
         print("webhookd listen: --forward-to: expected http(s)://host:port", file=sys.stderr)
         return EXIT_USAGE
     listener = Listener(
-        args.secret, args.scheme, args.status, forward_to=args.forward_to, out=sys.stdout
+        args.secret,
+        args.scheme,
+        args.status,
+        public_key=args.public_key,
+        forward_to=args.forward_to,
+        out=sys.stdout,
     )
     try:
         return _run(run(args.host, args.port, listener))
@@ -163,7 +174,14 @@ def _add_development_commands(sub: Any) -> None:
     p = sub.add_parser("listen", help="a local receiver for development that prints deliveries")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=9000, help="port (default 9000)")
-    p.add_argument("--secret", help="the endpoint's secret: requests that do not verify get 401")
+    key = p.add_mutually_exclusive_group()
+    key.add_argument("--secret", help="the endpoint's secret: requests that do not verify get 401")
+    key.add_argument(
+        "--public-key",
+        metavar="whpk_…",
+        help="the Ed25519 endpoint's public key: requests whose v1a signature does not "
+        "verify get 401",
+    )
     p.add_argument(
         "--scheme",
         choices=("standard", "hmac-sha256", "hmac-sha256-timestamped", "token"),

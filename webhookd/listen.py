@@ -1,11 +1,13 @@
 """`webhookd listen`: a local receiver for development.
 
 Prints each delivery it receives (type, id, body) and whether its signature verifies
-against `--secret`. A request whose signature does not verify is answered 401, so webhookd
-retries it as a receiver in production would make it; a verified one is answered
-`--status`, or, with `--forward-to URL`, passed on to the local application there, whose
-answer (status, headers, body) becomes the answer to webhookd. The secret is checked at
-start: a listener that can never verify anything is a mistake to report, not to run.
+against `--secret` (HMAC `v1`, or the other schemes) or `--public-key` (Ed25519 `v1a`; a
+`whsk_` private key given as `--secret` verifies with its public key). A request whose
+signature does not verify is answered 401, so webhookd retries it as a receiver in
+production would make it; a verified one is answered `--status`, or, with `--forward-to
+URL`, passed on to the local application there, whose answer (status, headers, body)
+becomes the answer to webhookd. The secret or key is checked at start: a listener that
+can never verify anything is a mistake to report, not to run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TextIO
 import orjson
 from aiohttp import ClientError, ClientSession, ClientTimeout, web
 
-from webhookd import signing
+from webhookd import ed25519, signing
 
 LISTEN_SCHEMES = ("standard", "hmac-sha256", "hmac-sha256-timestamped", "token")
 MIN_SHARED_SECRET_CHARS = 16
@@ -38,9 +40,34 @@ class SecretError(ValueError):
     """A --secret that cannot verify anything, with the reason."""
 
 
+def check_public_key(key: str, scheme: str) -> None:
+    """Raise SecretError unless `key` is a whpk_ Ed25519 public key of the standard scheme."""
+    if scheme != "standard":
+        raise SecretError(f"public keys verify the standard scheme only, not {scheme}")
+    try:
+        ed25519.public_key(key)
+    except ValueError as exc:
+        raise SecretError(
+            f"{exc} (expected {ed25519.PUBLIC_KEY_FORM}, as GET /v1/endpoints/{{id}}/secret "
+            "shows it in public_key)"
+        ) from None
+
+
+def verifying_key(secret: str | None, scheme: str) -> str | None:
+    """The public key a `--secret` whsk_ private key verifies with (standard scheme)."""
+    if secret is None or scheme != "standard" or not ed25519.is_private_key(secret):
+        return None
+    return ed25519.public_key_of(secret)
+
+
 def check_secret(secret: str, scheme: str) -> None:
     """Raise SecretError unless `secret` can be an endpoint's secret for `scheme`."""
-    if scheme == "standard":
+    if scheme == "standard" and ed25519.is_private_key(secret):
+        try:
+            ed25519.private_key(secret)
+        except ValueError as exc:
+            raise SecretError(f"{exc} (expected {ed25519.KEY_FORM})") from None
+    elif scheme == "standard":
         try:
             signing.decode_standard_secret(secret)
         except ValueError as exc:
@@ -62,10 +89,30 @@ class Verdict:
     text: str
 
 
-def verify(secret: str | None, scheme: str, headers: Mapping[str, str], body: bytes) -> Verdict:
-    """Whether the request is signed with `secret` under `scheme`, and a line saying so."""
+def verify_public(key: str, headers: Mapping[str, str], body: bytes) -> Verdict:
+    """Whether a `v1a` signature of the request verifies with the public key `key`."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    if "webhook-signature" not in lower:
+        return Verdict(False, "signature MISSING (no webhook-signature header)")
+    ok = ed25519.verify_v1a(key, headers, body, now_s=int(time.time()))
+    return Verdict(ok, f"signature {'OK' if ok else 'INVALID'} (standard, ed25519 v1a)")
+
+
+def verify(
+    secret: str | None,
+    scheme: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    public_key: str | None = None,
+) -> Verdict:
+    """Whether the request is signed with `secret` under `scheme` (or verifies with
+    `public_key`), and a line saying so."""
+    public_key = public_key or verifying_key(secret, scheme)
+    if public_key is not None:
+        return verify_public(public_key, headers, body)
     if secret is None:
-        return Verdict(None, "signature not checked (no --secret)")
+        return Verdict(None, "signature not checked (no --secret or --public-key)")
     lower = {k.lower(): v for k, v in headers.items()}
     if scheme == "standard":
         if "webhook-signature" not in lower:
@@ -117,6 +164,7 @@ class Listener:
     secret: str | None
     scheme: str = "standard"
     status: int = 200
+    public_key: str | None = None  # whpk_…: verify Ed25519 v1a signatures
     forward_to: str | None = None
     out: TextIO | None = None  # None: print nothing (dev prints its own lines)
     observer: Observer | None = None
@@ -134,7 +182,9 @@ class Listener:
 
     async def receive(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
-        verdict = verify(self.secret, self.scheme, request.headers, body)
+        verdict = verify(
+            self.secret, self.scheme, request.headers, body, public_key=self.public_key
+        )
         event_type, pretty = _describe(request, body)
         event_id = request.headers.get("webhook-id", "?")
         lines = [
