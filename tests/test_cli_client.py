@@ -309,9 +309,9 @@ async def test_event_types_create_list_delete(daemon: Daemon) -> None:
     out = await ok(daemon, "event-types", "create", "order.created", "--description", "An order")
     assert out.strip() == "created event type order.created"
     table = rows(await ok(daemon, "event-types", "list"))
-    assert table[0] == ["NAME", "SOURCE", "DESCRIPTION"]
-    assert ["order.created", "api", "An order"] in table
-    assert ["call.completed", "config", "A call ended."] in table
+    assert table[0] == ["NAME", "SOURCE", "SCHEMA", "DESCRIPTION"]
+    assert ["order.created", "api", "no", "An order"] in table
+    assert ["call.completed", "config", "no", "A call ended."] in table
 
     err = await fails(daemon, "event-types", "create", "order.created")
     assert err == "webhookd: 409 conflict: event type order.created already exists"
@@ -447,7 +447,7 @@ async def test_unix_socket_url(make_daemon: MakeDaemon, tmp_path: Path) -> None:
     await wait_until(lambda: "startup" in d.log_text(), 20, "the daemon's startup line")
     code, out, err = await cli("event-types", "list", "--url", f"unix:{sock}")
     assert code == 0, err
-    assert ["call.completed", "config", "A call ended."] in rows(out)
+    assert ["call.completed", "config", "no", "A call ended."] in rows(out)
 
 
 # --- endpoint operations ----------------------------------------------------------------

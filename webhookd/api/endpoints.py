@@ -12,7 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from webhookd import jsonio, netguard, signing
-from webhookd.api import routing, serialize
+from webhookd.api import event_types, routing, serialize
 from webhookd.api.context import ANY_TENANT, State, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
@@ -695,7 +695,7 @@ async def send_test(request: web.Request) -> web.Response:
             ("body", "event_type"),
             f"unknown event type {event_type!r}; add it with POST /v1/event-types first",
         )
-    payload = body.get("payload", {"message": "a test event from webhookd"})
+    payload = event_types.test_payload(st, event_type, body, problems)
     if not isinstance(payload, dict):
         problems.add(("body", "payload"), "expected a JSON object")
     problems.raise_if_any()

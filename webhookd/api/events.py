@@ -11,7 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from webhookd import jsonio
-from webhookd.api import routing, serialize
+from webhookd.api import event_types, routing, serialize
 from webhookd.api.context import (
     ANY_TENANT,
     State,
@@ -37,7 +37,7 @@ from webhookd.api.validate import (
 )
 from webhookd.config import EVENT_TYPE_RE, TENANT_RE
 from webhookd.ids import new_id
-from webhookd.store.codec import body_hash, decode_name_cursor, encode_name_cursor
+from webhookd.store.codec import body_hash
 from webhookd.store.interface import AmbiguousId, NewEvent, PublishResult
 from webhookd.timefmt import now_ms
 
@@ -91,6 +91,8 @@ def _check_event(
         return None
     if len(payload_json) > st.config.limits.max_payload_bytes:
         too_large.append(((*loc, "payload"), len(payload_json)))
+        return None
+    if not event_types.check_payload(st, event_type, body["payload"], (*loc, "payload"), problems):
         return None
     chosen = event_id is not None
     return NewEvent(
@@ -405,71 +407,10 @@ async def list_(request: web.Request) -> web.Response:
     return json_response(page_json([serialize.event(e) for e in page.data], page.next_cursor))
 
 
-# --- event types ------------------------------------------------------------------------
-
-
-async def list_types(request: web.Request) -> web.Response:
-    """Sorted by name; the cursor is the last name of the previous page."""
-    params = query(request, ())
-    problems = Problems()
-    _, limit = paging({k: v for k, v in params.items() if k == "limit"}, problems)
-    after = None
-    if params.get("cursor"):
-        try:
-            after = decode_name_cursor(params["cursor"])
-        except ValueError as exc:
-            problems.add(("query", "cursor"), str(exc))
-    problems.raise_if_any()
-    catalog = await state(request).store.list_event_types()
-    types = [t for t in catalog if after is None or t.name > after]
-    page, more = types[:limit], len(types) > limit
-    nxt = encode_name_cursor(page[-1].name) if more else None
-    return json_response(page_json([serialize.event_type(t) for t in page], nxt))
-
-
-def _may_change_catalog(request: web.Request) -> None:
-    """The catalog is shared by every tenant: a tenant-scoped key only reads it."""
-    limited = scope(request)
-    if limited is not ANY_TENANT:
-        raise ApiError(
-            403,
-            f"the event-type catalog is shared by every tenant; this API key is limited to "
-            f"tenant {limited!r} and may only read it",
-        )
-
-
-async def create_type(request: web.Request) -> web.Response:
-    _may_change_catalog(request)
-    body = require_object(await read_json(request, 65536))
-    problems = Problems()
-    unknown_fields(body, ("name", "description"), problems)
-    name: Any = body.get("name")
-    if "name" not in body:
-        problems.add(("body", "name"), "field required")
-    elif string(name, ("body", "name"), problems, max_len=200, min_len=1) is not None and (
-        not EVENT_TYPE_RE.fullmatch(name)
-    ):
-        problems.add(("body", "name"), "expected dot-separated segments of [a-zA-Z0-9_-]")
-    description = body.get("description", "")
-    string(description, ("body", "description"), problems)
-    problems.raise_if_any()
-    et = await state(request).store.create_event_type(name, description)
-    return json_response(serialize.event_type(et), 201)
-
-
-async def delete_type(request: web.Request) -> web.Response:
-    _may_change_catalog(request)
-    await state(request).store.delete_event_type(request.match_info["name"])
-    return web.Response(status=204)
-
-
 def routes() -> list[web.RouteDef]:
     return [
         web.post("/v1/events", publish),
         web.post("/v1/events/batch", publish_batch),
         web.get("/v1/events", list_, allow_head=False),
         web.get("/v1/events/{event_id}", get, allow_head=False),
-        web.get("/v1/event-types", list_types, allow_head=False),
-        web.post("/v1/event-types", create_type),
-        web.delete("/v1/event-types/{name}", delete_type),
     ]

@@ -123,8 +123,22 @@ ATTEMPT_COLUMNS: list[Column] = [
 EVENT_TYPE_COLUMNS: list[Column] = [
     ("NAME", _get("name"), 40),
     ("SOURCE", _get("source"), 8),
+    ("SCHEMA", lambda row: row.get("schema") is not None, 6),
     ("DESCRIPTION", _get("description"), 60),
 ]
+
+
+def render_event_type(doc: Any, _args: argparse.Namespace) -> str:
+    """The type's fields, then its schema and example as indented JSON."""
+    lines = [keyvalues(doc, skip=("schema", "example"))]
+    for key in ("schema", "example"):
+        value = doc.get(key)
+        if value is None:
+            lines.append(f"{key}: -")
+        else:
+            text = json.dumps(value, indent=2, ensure_ascii=False)
+            lines.append(f"{key}:\n" + "\n".join("  " + line for line in text.splitlines()))
+    return "\n".join(lines)
 
 
 def render_list(columns: Sequence[Column], empty: str) -> Render:

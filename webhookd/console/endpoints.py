@@ -15,8 +15,9 @@ from aiohttp import web
 
 from webhookd import jsonio, signing
 from webhookd.api import endpoints as api
+from webhookd.api import event_types
 from webhookd.api.context import ANY_TENANT, tenant_filter
-from webhookd.api.errors import ApiError
+from webhookd.api.errors import ApiError, validation_error
 from webhookd.api.validate import Problems, number
 from webhookd.console import charts, forms
 from webhookd.console.pages import Ctx
@@ -249,12 +250,17 @@ async def send_test(request: web.Request, ctx: Ctx) -> web.StreamResponse:
     event_type = str(form.get("event_type") or "webhookd.test")
     if not st.store.has_event_type(event_type):
         raise ApiError(422, f"unknown event type {event_type!r}")
+    text = str(form.get("payload") or "").strip()
+    example = getattr(st.store.event_type(event_type), "example", None)
     try:
-        payload = jsonio.loads(str(form.get("payload") or "{}"))
+        payload = jsonio.loads(text) if text else (example or {})
     except jsonio.JSONError as exc:
         raise ApiError(422, f"payload: not JSON ({exc})") from None
     if not isinstance(payload, dict):
         raise ApiError(422, "payload: expected a JSON object")
+    problems = Problems()
+    if not event_types.check_payload(st, event_type, payload, ("body", "payload"), problems):
+        raise validation_error(problems.items)
     if not ep.active:
         raise ApiError(409, "the endpoint is disabled; enable it first")
     payload_json, _ = jsonio.dump_payload(payload)

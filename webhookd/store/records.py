@@ -6,13 +6,27 @@ database access here; each backend's rows.py adds what differs (column types, wr
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from webhookd import jsonio
 from webhookd.signing import SignatureSpec
-from webhookd.store.models import Delivery, Endpoint, EndpointTLS, Event, EventType, PreviousSecret
+from webhookd.store.models import (
+    BUILTIN_EVENT_TYPES,
+    Conflict,
+    Delivery,
+    Endpoint,
+    EndpointTLS,
+    Event,
+    EventType,
+    PreviousSecret,
+)
+
+if TYPE_CHECKING:
+    from webhookd.config import EventTypeDecl
+
 
 ENDPOINT_COLS = (
     "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
@@ -102,14 +116,47 @@ def event_from_row(row: Sequence[Any]) -> Event:
 
 
 def event_type_from_row(row: Sequence[Any]) -> EventType:
+    # jsonio: an example's integers beyond 64 bits come back exact, as the API took them.
     return EventType(
         name=row[0],
         description=row[1],
         source=row[2],
         created_at=row[3],
-        schema=None if row[4] is None else orjson.loads(row[4]),
-        example=None if row[5] is None else orjson.loads(row[5]),
+        schema=None if row[4] is None else jsonio.loads(row[4]),
+        example=None if row[5] is None else jsonio.loads(row[5]),
     )
+
+
+def event_type_row(et: EventType) -> tuple[Any, ...]:
+    """An event type's values in EVENT_TYPE_COLS order."""
+    return (
+        et.name,
+        et.description,
+        et.source,
+        et.created_at,
+        None if et.schema is None else jsonio.dumps(et.schema).decode(),
+        None if et.example is None else jsonio.dumps(et.example).decode(),
+    )
+
+
+def declared_rows(declared: Iterable[EventTypeDecl], now: int) -> list[tuple[Any, ...]]:
+    """The rows of the built-in types and the config's, as sync_event_types writes them."""
+    types = [EventType(n, d, "builtin", now) for n, d in BUILTIN_EVENT_TYPES.items()]
+    types += [
+        EventType(d.name, d.description, "config", now, schema=d.schema, example=d.example)
+        for d in declared
+    ]
+    return [event_type_row(et) for et in types]
+
+
+def check_changeable(name: str, source: str, verb: str) -> None:
+    """Conflict unless the type was made through the API (built-in and config types are
+    changed only by a new version or the config file)."""
+    if source == "builtin":
+        raise Conflict(f"{name} is built into webhookd and cannot be {verb}")
+    if source == "config":
+        where = "remove it there" if verb == "deleted" else "change it there"
+        raise Conflict(f"{name} is declared in the config file; {where} and reload")
 
 
 def json_or_null(value: Any) -> str | None:
