@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -34,6 +35,7 @@ from webhookd import delivery, http1
 from webhookd.signing import REDACTED
 from webhookd.store.interface import Endpoint
 
+log = logging.getLogger("webhookd.receiver_auth")
 AUTH_TOKEN = "auth_token"  # noqa: S105 - the attempt's error kind when no token could be had
 TOKEN_TIMEOUT_S = 10.0
 # A token is fetched again this long before it expires: 10 % of its lifetime, at most
@@ -111,7 +113,6 @@ class ReceiverAuth:
     def __init__(self, client: http1.Client) -> None:
         self.client = client
         self._cache: dict[str, _Cached] = {}
-        self.fetches = 0  # token requests made, for the metrics and the tests
 
     def forget(self, endpoint_id: str) -> None:
         self._cache.pop(endpoint_id, None)
@@ -194,7 +195,6 @@ class ReceiverAuth:
             if token := cached.ready(loop.time()):
                 return token  # fetched by the request that held the lock
             budget = min(TOKEN_TIMEOUT_S, (deadline - loop.time()) / 2)
-            self.fetches += 1
             try:
                 token, lifetime_s = await fetch_token(self.client, auth, req.route, budget)
             except TokenError as exc:
@@ -203,6 +203,14 @@ class ReceiverAuth:
             early = min(REFRESH_EARLY_MAX_S, lifetime_s * REFRESH_EARLY_SHARE)
             cached.token, cached.refresh_at = token, loop.time() + lifetime_s - early
             cached.failure = None
+            log.debug(
+                "token fetched",
+                extra={
+                    "event": "auth_token_fetched",
+                    "endpoint_id": endpoint_id,
+                    "expires_in_s": lifetime_s,
+                },
+            )
             return token
         finally:
             cached.lock.release()
