@@ -297,3 +297,100 @@ async def test_cli_sets_filters_and_channels_and_publishes_with_channels(
     assert "filter.data.amount.$gt" in err and "number or a string" in err, err
     err = await fails(daemon, "endpoints", "update", ep["id"], "--filter", "[1]", code=2)
     assert "expected a JSON object" in err
+
+
+# --- the console: the form's fields and the routing preview ------------------------------
+
+
+async def test_console_form_edits_filter_and_channels_and_previews_them(daemon: Daemon) -> None:
+    import html
+
+    from tests.console_client import ConsoleClient
+
+    small = await daemon.publish(payload={"amount": 5})
+    large_eu = await daemon.publish(payload={"amount": 500}, channels=["eu"])
+    invoice = await daemon.publish("invoice.paid", payload={"amount": 900})
+    c = ConsoleClient(daemon.base)
+    try:
+        csrf = (await c.get("/console/endpoints/new")).csrf()
+        form = {
+            "url": "https://example.com/h",
+            "events": "call.completed",
+            "format": "json",
+            "delay_s": "0",
+            "filter": '{"data.amount": {"$gt": 100}}',
+            "channels": "",
+        }
+        # Without JavaScript: the whole form comes back as filled in, with the preview.
+        page = await c.post("/console/filter-preview", form, csrf=csrf)
+        assert page.status == 200 and 'data-test="endpoint-form"' in page.text, page.text[:500]
+        assert '{"data.amount": {"$gt": 100}}</textarea>' in html.unescape(page.text)
+        assert verdicts(page.text) == {large_eu["id"]: "yes", small["id"]: "no: filter"}
+        assert invoice["id"] not in page.text  # not one of the endpoint's types
+        assert (await daemon.get("/v1/endpoints")).json["data"] == []  # nothing saved
+
+        # Live (htmx): the preview alone.
+        live = await htmx_preview(c, daemon, csrf, {**form, "channels": "us, ap"})
+        assert "<html" not in live and 'id="filter-preview"' in live
+        assert verdicts(live) == {large_eu["id"]: "no: channels", small["id"]: "no: channels"}
+        live = await htmx_preview(c, daemon, csrf, {**form, "filter": "", "events": "*"})
+        assert set(verdicts(live).values()) == {"yes"} and invoice["id"] in live
+        live = await htmx_preview(
+            c, daemon, csrf, {**form, "filter": '{"data.amount": {"$gt": []}}'}
+        )
+        assert "filter.data.amount.$gt: $gt compares with a number or a string" in html.unescape(
+            live
+        )
+        live = await htmx_preview(c, daemon, csrf, {**form, "filter": '{"data.amount": '})
+        assert "filter: not valid JSON" in live
+
+        # Saving: a bad filter is shown at its field, with the place inside it.
+        bad = await c.post(
+            "/console/endpoints", {**form, "filter": '{"data.x": {"$in": 1}}'}, csrf=csrf
+        )
+        assert bad.status == 422 and 'data-test="problem-filter"' in bad.text
+        assert "data.x.$in: $in needs a list of values" in html.unescape(bad.text)
+        created = await c.post("/console/endpoints", {**form, "channels": "eu\nus"}, csrf=csrf)
+        assert created.status == 303, created.text[:500]
+        [ep] = (await daemon.get("/v1/endpoints")).json["data"]
+        assert ep["filter"] == {"data.amount": {"$gt": 100}} and ep["channels"] == ["eu", "us"]
+        edit = await c.get(f"/console/endpoints/{ep['id']}/edit")
+        assert '"$gt": 100' in html.unescape(edit.text) and "eu\nus</textarea>" in edit.text
+        # The edit form's preview knows the endpoint (its tenant); emptied fields remove both.
+        page = await c.post(
+            "/console/filter-preview",
+            {**form, "endpoint_id": ep["id"], "channels": "eu"},
+            csrf=csrf,
+        )
+        assert verdicts(page.text) == {large_eu["id"]: "yes", small["id"]: "no: channels"}
+        saved = await c.post(
+            f"/console/endpoints/{ep['id']}/edit", {**form, "filter": "", "channels": ""}, csrf=csrf
+        )
+        assert saved.status == 303, saved.text[:500]
+        got = (await daemon.get(f"/v1/endpoints/{ep['id']}")).json
+        assert got["filter"] is None and got["channels"] is None
+    finally:
+        await c.close()
+
+
+def verdicts(text: str) -> dict[str, str]:
+    import re
+
+    return dict(
+        re.findall(r'data-test="preview-row" data-id="([^"]+)" data-verdict="([^"]+)"', text)
+    )
+
+
+async def htmx_preview(c: Any, daemon: Daemon, csrf: str, form: dict[str, str]) -> str:
+    headers = {
+        "HX-Request": "true",
+        "HX-Target": "filter-preview",
+        "X-CSRF-Token": csrf,
+        "Origin": daemon.base,
+    }
+    async with c.session.post(
+        daemon.base + "/console/filter-preview", data=form, headers=headers
+    ) as r:
+        assert r.status == 200, await r.text()
+        text: str = await r.text()
+        return text

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from webhookd.console.routing_form import routing_body, routing_values
 from webhookd.signing import REDACTED
 from webhookd.store.interface import Endpoint
 
@@ -85,6 +86,7 @@ def endpoint_body(form: Mapping[str, Any], *, creating: bool, tenant_field: bool
         body["tls"] = tls
     elif creating:
         body.pop("tls", None)
+    body.update(routing_body(form))
     return body
 
 
@@ -119,6 +121,7 @@ def endpoint_values(ep: Endpoint | None) -> dict[str, str]:
         "proxy": "" if ep.proxy is None else _shown_proxy(ep.proxy),
         "client_cert": (ep.tls.client_cert or "") if ep.tls else "",
         "ca": (ep.tls.ca or "") if ep.tls else "",
+        **routing_values(ep),
     }
 
 
@@ -140,5 +143,7 @@ def problems_by_field(detail: list[dict[str, Any]]) -> dict[str, str]:
             )
         if name == "tls" and len(loc) > 1:
             name = loc[1]
+        if name == "filter" and len(loc) > 1:  # the place inside the filter
+            item = {**item, "msg": f"{'.'.join(loc[1:])}: {item.get('msg', '')}"}
         out.setdefault(name, item.get("msg", ""))
     return out
