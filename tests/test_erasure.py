@@ -353,6 +353,41 @@ async def test_a_store_refuses_to_retry_a_delivery_of_an_erased_event(store: Any
         await store.retry_delivery(dl_id)
 
 
+async def test_other_daemons_hear_which_deliveries_an_erasure_cancelled(pg_dsn: str) -> None:
+    """On a shared PostgreSQL database, the daemon that erases tells the others which
+    deliveries it cancelled, so one of theirs claimed and waiting is not sent."""
+    from tests.test_pg_store import opened
+
+    class Heard:
+        def __init__(self) -> None:
+            self.cancelled: list[tuple[str, str]] = []
+
+        def due(self, items: Any) -> None:
+            pass
+
+        def endpoint_changed(self, endpoint_id: str) -> None:
+            pass
+
+        def endpoint_deleted(self, endpoint_id: str) -> None:
+            pass
+
+        def deliveries_cancelled(self, items: Any) -> None:
+            self.cancelled.extend(items)
+
+    async with opened(pg_dsn) as a, opened(pg_dsn) as b:
+        heard_a, heard_b = Heard(), Heard()
+        a.subscribe(heard_a)
+        b.subscribe(heard_b)
+        await a.sync_event_types([])
+        ep = await a.create_endpoint({"url": "https://example.com/h", "secret": "whsec_x"})
+        [r] = await a.publish([new_event()])
+        await a.erase_payload(r.event.id)
+        expected = [(ep.id, r.delivery_ids[0])]
+        assert heard_a.cancelled == expected  # its own: told directly, once
+        await wait_until(lambda: heard_b.cancelled == expected, 10, "b to hear of it")
+        assert heard_a.cancelled == expected
+
+
 # --- configuration, console, command line ---------------------------------------------------
 
 
