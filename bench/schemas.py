@@ -4,18 +4,19 @@ schema and to one with a realistic schema, interleaved in one run, on one daemon
     .venv/bin/python bench/schemas.py                 # 3 rounds of 4 s per figure; ~1 min
     .venv/bin/python bench/schemas.py --quick         # 1 round of 2 s; ~15 s
     .venv/bin/python bench/schemas.py --validators    # also jsonschema_rs vs jsonschema
-                                                      # (pip install jsonschema first)
+                                                      # (pip install jsonschema first),
+                                                      # and the publish's whole check
 
 One daemon (`python -m webhookd serve`, a fresh SQLite file in a temporary directory,
 synchronous=FULL as by default, no endpoints: the figure is the publish path alone) with
 two config types: `bench.plain` (no schema) and `bench.schema` (SCHEMA below: the order
 payload of bench/harness.py, 8 properties of which 5 required, two nested objects, an
 array of objects, enums, a pattern, an email format). Each round measures, for each type
-in turn (the order alternating between rounds, so that a machine slowing down mid-run does
-not favour one side):
+in 4 alternating slices each (the first type alternating between rounds), so that the
+database growing and the machine's speed moving during the run weigh on both sides alike:
 
-- single: 32 clients in this process POST /v1/events in a closed loop for --seconds;
-- batch: 2 clients POST /v1/events/batch of 1000 events in a closed loop for --seconds.
+- single: 32 clients in this process POST /v1/events in a closed loop, --seconds per type;
+- batch: 2 clients POST /v1/events/batch of 1000 events in a closed loop, likewise.
 
 Reported per figure: events/s, and the daemon's CPU time per event (from /proc; the
 better measure on a shared machine: the clients share it), with and without the schema,
@@ -100,6 +101,7 @@ TYPES = {"plain": "bench.plain", "schema": "bench.schema"}
 SINGLE_CLIENTS = 32
 BATCH_CLIENTS = 2
 BATCH_EVENTS = 1000
+SLICES = 4  # per type and figure, alternating
 
 
 async def closed_loop(
@@ -124,7 +126,8 @@ async def closed_loop(
 
 async def measure(
     http: aiohttp.ClientSession, base: str, pid: int, mode: str, kind: str, seconds: float
-) -> dict[str, float]:
+) -> tuple[int, float, float]:
+    """(events, seconds, daemon CPU seconds) of one slice of one figure."""
     event = {"type": TYPES[kind], "payload": PAYLOAD}
     if mode == "single":
         url, body, clients, per_request = base + "/v1/events", event, SINGLE_CLIENTS, 1
@@ -134,8 +137,24 @@ async def measure(
     cpu0, t0 = proc_cpu_s(pid) or 0.0, time.monotonic()
     requests = await closed_loop(http, url, json.dumps(body).encode(), clients, seconds)
     elapsed, cpu = time.monotonic() - t0, (proc_cpu_s(pid) or 0.0) - cpu0
-    events = requests * per_request
-    return {"rate": events / elapsed, "daemon_us": cpu / max(events, 1) * 1e6}
+    return requests * per_request, elapsed, cpu
+
+
+async def figure(
+    http: aiohttp.ClientSession, base: str, pid: int, mode: str, seconds: float, first: str
+) -> dict[str, dict[str, float]]:
+    """Both types of one figure, in SLICES alternating slices each (the database and the
+    machine drift during a run: each side gets the same share of every moment)."""
+    order = (first, "schema" if first == "plain" else "plain")
+    sums = {kind: [0.0, 0.0, 0.0] for kind in order}
+    for i in range(2 * SLICES):
+        kind = order[i % 2]
+        got = await measure(http, base, pid, mode, kind, seconds / SLICES)
+        sums[kind] = [a + b for a, b in zip(sums[kind], got, strict=True)]
+    return {
+        kind: {"rate": ev / el, "daemon_us": cpu / max(ev, 1) * 1e6}
+        for kind, (ev, el, cpu) in sums.items()
+    }
 
 
 def start_daemon(procs: Processes, tmp: Path) -> tuple[Any, str]:
@@ -175,31 +194,31 @@ def report(results: dict[tuple[str, str], list[dict[str, float]]], rounds: int) 
     print(f"({rounds} round(s); median (min-max); ratio = schema / no schema, round by round)")
 
 
-def validators_table() -> None:
-    """Validating the bench payload and compiling SCHEMA, per library, in this process."""
+def _per_call_us(fn: Any, n: int) -> float:
+    return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
+
+
+async def validators_table() -> None:
+    """Validating the bench payload and compiling SCHEMA, per library, in this process; and
+    the whole check a publish makes (webhookd.api.event_types.check_payload)."""
+    from importlib.metadata import version
+
     import jsonschema_rs
 
-    rows = []
     rs = jsonschema_rs.Draft202012Validator(SCHEMA, validate_formats=True, offline=True)
     assert rs.is_valid(PAYLOAD)
-
-    def per_call_us(fn: Any, n: int) -> float:
-        return min(timeit.repeat(fn, number=n, repeat=5)) / n * 1e6
-
-    rows.append(
+    rows = [
         (
-            f"jsonschema_rs {jsonschema_rs.__version__}"
-            if hasattr(jsonschema_rs, "__version__")
-            else "jsonschema_rs",
-            per_call_us(lambda: rs.is_valid(PAYLOAD), 20000),
-            per_call_us(
+            f"jsonschema_rs {version('jsonschema_rs')}",
+            _per_call_us(lambda: rs.is_valid(PAYLOAD), 20000),
+            _per_call_us(
                 lambda: jsonschema_rs.Draft202012Validator(
                     SCHEMA, validate_formats=True, offline=True
                 ),
                 300,
             ),
         )
-    )
+    ]
     try:
         import jsonschema
     except ImportError:
@@ -215,14 +234,47 @@ def validators_table() -> None:
 
         rows.append(
             (
-                "jsonschema (pure Python)",
-                per_call_us(lambda: py.is_valid(PAYLOAD), 1000),
-                per_call_us(build, 30),
+                f"jsonschema {version('jsonschema')}",
+                _per_call_us(lambda: py.is_valid(PAYLOAD), 1000),
+                _per_call_us(build, 30),
             )
         )
     print(f"\n{'validator':<28} {'validate us':>12} {'compile us':>12}")
     for name, validate_us, compile_us in rows:
         print(f"{name:<28} {validate_us:>12,.1f} {compile_us:>12,.0f}")
+    plain_us, schema_us = await _publish_check_us()
+    print(f"publish check: {plain_us:.2f} us without a schema, {schema_us:.2f} us with SCHEMA")
+
+
+async def _publish_check_us() -> tuple[float, float]:
+    """check_payload per event, for a type without and with SCHEMA, on a real store."""
+    from webhookd.api import event_types
+    from webhookd.api.context import State
+    from webhookd.api.validate import Problems
+    from webhookd.config import Config, EventTypeDecl
+    from webhookd.store.sqlite import SQLiteStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        st = State(config=Config(), store=SQLiteStore(f"{tmp}/check.db"))
+        await st.store.open()
+        try:
+            types = [EventTypeDecl(TYPES["plain"]), EventTypeDecl(TYPES["schema"], schema=SCHEMA)]
+            await st.store.sync_event_types(types)
+            problems = Problems()
+            loc = ("body", "payload")
+            out = []
+            for kind in ("plain", "schema"):
+                name = TYPES[kind]
+                assert event_types.check_payload(st, name, PAYLOAD, loc, problems)
+                out.append(
+                    _per_call_us(
+                        lambda n=name: event_types.check_payload(st, n, PAYLOAD, loc, problems),
+                        50000,
+                    )
+                )
+        finally:
+            await st.store.close()
+    return out[0], out[1]
 
 
 async def run(args: argparse.Namespace) -> None:
@@ -242,10 +294,10 @@ async def run(args: argparse.Namespace) -> None:
             await wait_http(http, base + "/readyz", 30)
             daemon0 = proc_cpu_s(p.pid) or 0.0
             for r in range(rounds):
-                order = ("plain", "schema") if r % 2 == 0 else ("schema", "plain")
+                first = "plain" if r % 2 == 0 else "schema"
                 for mode in ("single", "batch"):
-                    for kind in order:
-                        got = await measure(http, base, p.pid, mode, kind, seconds)
+                    both = await figure(http, base, p.pid, mode, seconds, first)
+                    for kind, got in both.items():
                         results.setdefault((mode, kind), []).append(got)
                         log(
                             f"round {r + 1} {mode:<6} {kind:<6} {got['rate']:>9,.0f} events/s "
@@ -267,7 +319,7 @@ async def run(args: argparse.Namespace) -> None:
         f"{max(others, 0):.1f} CPU-s during the run"
     )
     if args.validators:
-        validators_table()
+        await validators_table()
 
 
 def main() -> None:
