@@ -393,7 +393,7 @@ async def test_receiver_options_and_event_fields_round_trip(store: Any) -> None:
     and erasure time are stored and read back the same on both backends, and a claim
     carries the event's traceparent to the dispatcher."""
     auth = {"type": "basic", "username": "u", "password": "p"}
-    flt = {"data.amount": {"$gt": 10}}
+    flt = {"data.n": {"$gt": 0}}  # the event below matches it
     ep = await store.create_endpoint({**EP, "auth": auth, "filter": flt, "channels": ["eu"]})
     for got in (ep, await store.get_endpoint(ep.id)):
         assert (got.auth, got.filter, got.channels) == (auth, flt, ("eu",))
