@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from webhookd import jsonio
+from webhookd import jsonio, tracing
 from webhookd.api import event_types, routing, serialize
 from webhookd.api.context import (
     ANY_TENANT,
@@ -237,6 +237,11 @@ async def commit_one(st: State, ev: NewEvent) -> tuple[int, dict[str, Any]]:
 
 async def publish(request: web.Request) -> web.Response:
     st = state(request)
+    with tracing.publishing(request, st.extra.get(tracing.TRACER), "publish") as trace:
+        return await _publish(request, st, trace)
+
+
+async def _publish(request: web.Request, st: State, trace: tracing.PublishSpan) -> web.Response:
     limit = st.config.limits.max_payload_bytes + ENVELOPE_SLACK
     body = await read_json(request, limit)
     problems = Problems()
@@ -253,20 +258,33 @@ async def publish(request: web.Request) -> web.Response:
     problems.raise_if_any()
     _raise_too_large(request, too_large)
     assert ev is not None
+    ev.traceparent = trace.traceparent
     status, answer = await commit_one(st, ev)
+    trace.published(status, [answer])
     return json_response(answer, status)
 
 
 async def publish_batch(request: web.Request) -> web.Response:
     st = state(request)
+    with tracing.publishing(request, st.extra.get(tracing.TRACER), "publish batch") as trace:
+        return await _publish_batch(request, st, trace)
+
+
+async def _publish_batch(
+    request: web.Request, st: State, trace: tracing.PublishSpan
+) -> web.Response:
     raw = await read_body(request, st.config.limits.max_batch_bytes)
     async with _parse_turn(st, len(raw)):
         checked = _check_batch(request, st, _batch_members(raw, st))
         del raw
+    for ev in checked:
+        ev.traceparent = trace.traceparent
     results = await st.store.publish(checked)
     _count(st, results)
     status = 202 if any(r.created for r in results) else 200
-    return json_response({"data": [serialize.publish_result(r) for r in results]}, status)
+    data = [serialize.publish_result(r) for r in results]
+    trace.published(status, data)
+    return json_response({"data": data}, status)
 
 
 # A large batch body is parsed one event at a time (jsonio.iter_members), and waits for
