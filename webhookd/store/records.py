@@ -27,7 +27,6 @@ from webhookd.store.models import (
 if TYPE_CHECKING:
     from webhookd.config import EventTypeDecl
 
-
 ENDPOINT_COLS = (
     "id, url, tenant, description, metadata, events, active, disabled_reason, secret, "
     "previous_secrets, signature, format, headers, delay_s, rate_limit_per_s, max_in_flight, "
@@ -69,6 +68,7 @@ def endpoint_from_row(row: Sequence[Any]) -> Endpoint:
             scheme=sig.get("scheme", "standard"),
             header=sig.get("header"),
             timestamp_header=sig.get("timestamp_header"),
+            algorithm=sig.get("algorithm", "hmac-sha256"),
         ),
         formats=tuple(fmt) if isinstance(fmt, list) else (fmt,),
         format_is_list=isinstance(fmt, list),
