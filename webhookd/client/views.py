@@ -196,8 +196,12 @@ def errors_in_full(attempts: Sequence[dict[str, Any]]) -> str:
 
 def render_secret(doc: Any, _args: argparse.Namespace) -> str:
     lines = [f"secret: {doc['secret']}"]
+    if doc.get("public_key"):
+        lines.append(f"public key: {doc['public_key']}")
     for old in doc.get("previous_secrets", []):
         lines.append(f"previous secret still valid until {old.get('expires_at')}")
+        if old.get("public_key"):
+            lines.append(f"  its public key: {old['public_key']}")
     return "\n".join(lines)
 
 
@@ -213,8 +217,9 @@ def render_stats(doc: Any, _args: argparse.Namespace) -> str:
 
 def render_rotated(doc: Any, args: argparse.Namespace) -> str:
     grace = args.grace_s if args.grace_s is not None else 86400
+    public = f"public key: {doc['public_key']}\n" if doc.get("public_key") else ""
     return (
-        f"new secret: {doc['secret']}\n"
+        f"new secret: {doc['secret']}\n{public}"
         f"the previous secret also signs deliveries for {grace:g} s more"
     )
 
