@@ -15,7 +15,7 @@ from aiohttp import web
 
 from webhookd import jsonio, signing
 from webhookd.api import endpoints as api
-from webhookd.api import event_types
+from webhookd.api import event_types, keys
 from webhookd.api.context import ANY_TENANT, tenant_filter
 from webhookd.api.errors import ApiError, validation_error
 from webhookd.api.validate import Problems, number
@@ -129,6 +129,7 @@ async def detail(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         recent=recent.data,
         skipped=skipped,
         secret=None,
+        public_key=keys.public_key(ep),
         previous=[p.expires_at for p in ep.previous_secrets if p.expires_at > now],
         catalog=await _catalog(ctx),
         created=request.query.get("created") == "1",
@@ -214,7 +215,13 @@ async def reveal_secret(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         "secret revealed",
         extra={"event": "secret_revealed", "endpoint": ep.id, "by": ctx.who.name},
     )
-    return ctx.render("secret_page.html", ep=ep, secret=ep.secret, previous=_previous(ep))
+    return ctx.render(
+        "secret_page.html",
+        ep=ep,
+        secret=ep.secret,
+        public_key=keys.public_key(ep),
+        previous=_previous(ep),
+    )
 
 
 def _previous(ep: Endpoint) -> list[int]:
@@ -233,7 +240,8 @@ async def rotate_secret(request: web.Request, ctx: Ctx) -> web.StreamResponse:
         grace_raw = grace_text
     grace = number(grace_raw, ("body", "grace_s"), problems, lo=0, hi=api.MAX_GRACE_S) or 0
     problems.raise_if_any()
-    await ctx.state.store.rotate_secret(ep.id, signing.generate_secret(), grace)
+    new_secret = signing.generate_secret(ep.signature.algorithm)
+    await ctx.state.store.rotate_secret(ep.id, new_secret, grace)
     log.info(
         "secret rotated",
         extra={"event": "secret_rotated", "endpoint": ep.id, "by": ctx.who.name, "grace_s": grace},
