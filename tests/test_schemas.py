@@ -539,3 +539,44 @@ async def test_the_consoles_test_event_sends_the_example_and_checks_a_payload(
     finally:
         await console.close()
     assert len(rx.received) == 1
+
+
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
+async def test_a_stored_schema_that_cannot_compile_is_a_422_not_a_500(
+    backend: str, database: str
+) -> None:
+    """A schema put in the database by hand (or refused by a stricter validator release)
+    makes publishes to its type a clear 422 naming the type, never a 500."""
+    import sqlite3
+
+    store = new_store(backend, database)
+    await store.open()
+    await store.sync_event_types([])
+    await store.create_event_type("bad.schema", "")
+    await store.close()
+    with sqlite3.connect(database) as conn:
+        conn.execute("UPDATE event_types SET schema=? WHERE name='bad.schema'", ('{"type": 12}',))
+    store = new_store(backend, database)
+    await store.open()
+    runner = web.AppRunner(create_app(State(config=Config(), store=store, starting=False)))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession(url) as http:
+            body = {"type": "bad.schema", "payload": {"n": 1}}
+            async with http.post("/v1/events", json=body) as resp:
+                assert resp.status == 422, await resp.text()
+                (entry,) = (await resp.json())["detail"]
+            assert entry["loc"] == ["body", "type"]
+            assert "PATCH /v1/event-types/bad.schema" in entry["msg"]
+            batch = {"events": [{"type": "call.x", "payload": {}}, body]}
+            async with http.post("/v1/events/batch", json=batch) as resp:
+                assert resp.status == 422
+                assert ["body", "events", 1, "type"] in [
+                    d["loc"] for d in (await resp.json())["detail"]
+                ]
+    finally:
+        await runner.cleanup()
+        await store.close()

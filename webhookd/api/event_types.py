@@ -52,7 +52,17 @@ def validators(st: State) -> Validators:
 def check_payload(st: State, event_type: str, payload: Any, loc: Loc, problems: Problems) -> bool:
     """Whether `payload` validates against the schema of its (catalogued) type; if not,
     one problem per error, under `loc`."""
-    validator = validators(st).for_type(st.store.event_type(event_type))
+    try:
+        validator = validators(st).for_type(st.store.event_type(event_type))
+    except SchemaError as exc:
+        # A stored schema this build cannot compile (edited in the database, or refused
+        # by a stricter validator release): a clear refusal, never a 500.
+        problems.add(
+            (*loc[:-1], "type"),
+            f"the stored schema of event type {event_type} cannot be used ({exc}); "
+            f"replace it with PATCH /v1/event-types/{event_type}",
+        )
+        return False
     if validator is None:
         return True
     found = payload_problems(validator, payload)
