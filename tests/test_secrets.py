@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 from tests.conftest import Daemon
+from tests.test_receiver_auth import TokenServer
 
 API_KEY = "apikey-" + "Q" * 40
 SCOPED_KEY = "scoped-" + "R" * 40
@@ -40,6 +41,16 @@ async def test_a_debug_run_logs_no_secret(make_daemon: Any, make_receiver: Any) 
     secrets.append(generated["secret"])
     rotated = (await d.post(f"/v1/endpoints/{generated['id']}/secret/rotate", {})).json["secret"]
     secrets.append(rotated)
+    # Receiver auth: a password, a bearer token, a client secret, and the access token
+    # fetched with it (added to the secrets once issued).
+    tokens = await TokenServer().start()
+    auth_secrets = ["auth-pw-" + "K" * 30, "auth-bearer-" + "L" * 30, "auth-client-" + "M" * 30]
+    secrets.extend(auth_secrets)
+    secrets.append(base64.b64encode(f"u:{auth_secrets[0]}".encode()).decode())
+    await d.endpoint(ok.url, auth={"type": "basic", "username": "u", "password": auth_secrets[0]})
+    await d.endpoint(ok.url, auth={"type": "bearer", "token": auth_secrets[1]})
+    oauth = {"type": "oauth2", "token_url": tokens.url(), "client_id": "c"}
+    await d.endpoint(ok.url, auth={**oauth, "client_secret": auth_secrets[2]})
     # Bad secrets in requests: the error names the field, never the value.
     bad = "whsec_notbase64!!" + "X" * 20
     r = await d.post("/v1/endpoints", {"url": ok.url, "secret": bad})
@@ -51,7 +62,10 @@ async def test_a_debug_run_logs_no_secret(make_daemon: Any, make_receiver: Any) 
     # Traffic: deliveries, failures and retries at debug level.
     for _ in range(3):
         await d.publish()
-    await ok.wait_for(9)
+    await ok.wait_for(18)
+    await tokens.stop()
+    assert tokens.issued, "no access token was fetched"
+    secrets.extend(token for token, _ in tokens.issued)
     await failing.wait_for(6)
     await d.wait_status(
         (await d.get(f"/v1/deliveries?endpoint_id={ep['id']}")).json["data"][0]["id"], "failed"

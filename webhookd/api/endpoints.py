@@ -12,7 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from webhookd import jsonio, netguard, signing
-from webhookd.api import event_types, routing, serialize
+from webhookd.api import auth_fields, event_types, routing, serialize
 from webhookd.api.context import ANY_TENANT, State, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
@@ -57,6 +57,7 @@ MUTABLE = (
     "paused",
     "proxy",
     "tls",
+    "auth",
     "filter",
     "channels",
 )
@@ -285,6 +286,9 @@ def validate_fields(
         out["proxy"] = check_proxy(body["proxy"], config, current, problems)
     if "tls" in body:
         out["tls"] = check_tls(body["tls"], current, problems)
+    if "auth" in body:
+        out["auth"] = auth_fields.check_auth(body["auth"], config, current, problems)
+    auth_fields.check_header_clash(body, out, current, problems)
     routing.endpoint_fields(body, problems, out)
     problems.raise_if_any()
     if creating and "secret" not in out:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from webhookd.console import auth_form
 from webhookd.console.routing_form import routing_body, routing_values
 from webhookd.signing import REDACTED
 from webhookd.store.interface import Endpoint
@@ -87,6 +88,8 @@ def endpoint_body(form: Mapping[str, Any], *, creating: bool, tenant_field: bool
     elif creating:
         body.pop("tls", None)
     body.update(routing_body(form))
+    if (auth := auth_form.auth_body(form, creating=creating)) is not auth_form.UNSET:
+        body["auth"] = auth
     return body
 
 
@@ -122,6 +125,7 @@ def endpoint_values(ep: Endpoint | None) -> dict[str, str]:
         "client_cert": (ep.tls.client_cert or "") if ep.tls else "",
         "ca": (ep.tls.ca or "") if ep.tls else "",
         **routing_values(ep),
+        **auth_form.auth_values(ep),
     }
 
 
@@ -143,6 +147,8 @@ def problems_by_field(detail: list[dict[str, Any]]) -> dict[str, str]:
             )
         if name == "tls" and len(loc) > 1:
             name = loc[1]
+        if name == "auth":
+            name = auth_form.field_name(loc)
         if name == "filter" and len(loc) > 1:  # the place inside the filter
             item = {**item, "msg": f"{'.'.join(loc[1:])}: {item.get('msg', '')}"}
         out.setdefault(name, item.get("msg", ""))
