@@ -12,7 +12,7 @@ from aiohttp import web
 from yarl import URL
 
 from webhookd import jsonio, netguard, signing
-from webhookd.api import auth_fields, event_types, routing, serialize
+from webhookd.api import auth_fields, event_types, keys, routing, serialize
 from webhookd.api.context import ANY_TENANT, State, scope, state, tenant_filter
 from webhookd.api.errors import ApiError, json_response, validation_error
 from webhookd.api.validate import (
@@ -155,11 +155,14 @@ def check_signature(value: Any, problems: Problems) -> signing.SignatureSpec | N
         problems.add(loc, 'expected an object such as {"scheme": "standard"}')
         return None
     start = len(problems.items)
-    unknown_fields(value, ("scheme", "header", "timestamp_header"), problems, loc)
+    unknown_fields(value, ("scheme", "header", "timestamp_header", "algorithm"), problems, loc)
     scheme = value.get("scheme", "standard")
     if scheme not in signing.SCHEMES:
         problems.add((*loc, "scheme"), f"expected one of {', '.join(signing.SCHEMES)}")
         return None
+    algorithm: str | None = None
+    if value.get("algorithm") is not None:
+        algorithm = keys.check_algorithm(value["algorithm"], scheme, (*loc, "algorithm"), problems)
     names: dict[str, str | None] = {}
     for key in ("header", "timestamp_header"):
         raw = value.get(key)
@@ -182,7 +185,10 @@ def check_signature(value: Any, problems: Problems) -> signing.SignatureSpec | N
         problems.add((*loc, "timestamp_header"), "only hmac-sha256-timestamped uses it")
         return None
     spec = signing.SignatureSpec(
-        scheme=scheme, header=names["header"], timestamp_header=names["timestamp_header"]
+        scheme=scheme,
+        header=names["header"],
+        timestamp_header=names["timestamp_header"],
+        algorithm=algorithm or "hmac-sha256",
     )
     if (
         spec.signature_header
@@ -194,16 +200,17 @@ def check_signature(value: Any, problems: Problems) -> signing.SignatureSpec | N
     return spec
 
 
-def check_secret(value: Any, scheme: str, problems: Problems) -> str | None:
+def check_secret(
+    value: Any, scheme: str, problems: Problems, *, algorithm: str = "hmac-sha256"
+) -> str | None:
     loc = ("body", "secret")
     text = string(value, loc, problems, max_len=256)
     if text is None:
         return None
     if scheme == "standard":
-        try:
-            signing.decode_standard_secret(text)
-        except ValueError as exc:
-            problems.add(loc, f"expected whsec_ followed by base64 of 24-64 bytes: {exc}")
+        reason = signing.standard_secret_problem(text, algorithm)
+        if reason is not None:
+            problems.add(loc, keys.secret_message(algorithm, reason, text))
             return None
     elif len(text) < 16:
         problems.add(loc, "expected at least 16 characters")
@@ -292,7 +299,7 @@ def validate_fields(
     routing.endpoint_fields(body, problems, out)
     problems.raise_if_any()
     if creating and "secret" not in out:
-        out["secret"] = signing.generate_secret()
+        out["secret"] = signing.generate_secret(spec.algorithm)
     if out.get("active"):
         out["disabled_reason"] = None
         if current is not None and not current.active:
@@ -348,13 +355,20 @@ def _signing_fields(
 ) -> signing.SignatureSpec:
     """signature, secret, format and headers, which depend on the signature scheme; returns
     the scheme the endpoint will have."""
-    spec = current.signature if current else signing.SignatureSpec()
+    before = current.signature if current else signing.SignatureSpec()
+    spec = before
     if "signature" in body:
         checked = check_signature(body["signature"], problems)
-        out["signature"] = None if checked is None else _stored_signature(checked)
+        if checked is None:
+            out["signature"] = None
         spec = checked or spec
+    spec = keys.settle(body, spec, current)
+    if "signature" not in out and ("signature" in body or spec != before):
+        out["signature"] = _stored_signature(spec)
     if "secret" in body and creating:
-        out["secret"] = check_secret(body["secret"], spec.scheme, problems)
+        out["secret"] = check_secret(
+            body["secret"], spec.scheme, problems, algorithm=spec.algorithm
+        )
     if "format" in body:
         out["format"] = check_format(body["format"], problems)
     if "headers" in body:
@@ -400,21 +414,12 @@ def _limit_fields(
 def _scheme_change(
     current: Endpoint | None, spec: signing.SignatureSpec, problems: Problems, out: dict[str, Any]
 ) -> None:
-    """Moving to the standard scheme needs a secret that scheme can use."""
-    if (
-        current is None
-        or not out.get("signature")
-        or spec.scheme != "standard"
-        or current.signature.scheme == "standard"
-    ):
+    """A new scheme or algorithm needs a secret it can use (see webhookd.api.keys)."""
+    if current is None or not out.get("signature"):
         return
-    try:
-        signing.decode_standard_secret(current.secret)
-    except ValueError:
-        problems.add(
-            ("body", "signature", "scheme"),
-            "the current secret is not a whsec_ secret; rotate it with a new whsec_ secret first",
-        )
+    problem = keys.scheme_change_problem(current, spec)
+    if problem is not None:
+        problems.add(*problem)
 
 
 def _stored_signature(spec: signing.SignatureSpec) -> dict[str, str]:
@@ -423,6 +428,7 @@ def _stored_signature(spec: signing.SignatureSpec) -> dict[str, str]:
         ("scheme", spec.scheme),
         ("header", spec.header),
         ("timestamp_header", spec.timestamp_header),
+        ("algorithm", "ed25519" if spec.algorithm == "ed25519" else None),
     )
     return {k: v for k, v in pairs if v is not None}
 
@@ -653,17 +659,7 @@ async def delete(request: web.Request) -> web.Response:
 
 async def get_secret(request: web.Request) -> web.Response:
     ep = await visible(request)
-    now = now_ms()
-    return json_response(
-        {
-            "secret": ep.secret,
-            "previous_secrets": [
-                {"expires_at": to_rfc3339(p.expires_at)}
-                for p in ep.previous_secrets
-                if p.expires_at > now
-            ],
-        }
-    )
+    return json_response(keys.secret_answer(ep))
 
 
 MAX_GRACE_S = 7 * 86400
@@ -674,17 +670,19 @@ async def rotate_secret(request: web.Request) -> web.Response:
     body = await read_json(request, BODY_LIMIT) if request.can_read_body else {}
     body = require_object(body)
     problems = Problems()
-    unknown_fields(body, ("secret", "grace_s"), problems)
+    unknown_fields(body, ("secret", "grace_s", "algorithm"), problems)
     grace = 86400.0
     if "grace_s" in body:
         grace = number(body["grace_s"], ("body", "grace_s"), problems, lo=0, hi=MAX_GRACE_S) or 0
+    spec = keys.rotated_spec(body, ep, problems)
     secret = None
     if body.get("secret") is not None:
-        secret = check_secret(body["secret"], ep.signature.scheme, problems)
+        secret = check_secret(body["secret"], spec.scheme, problems, algorithm=spec.algorithm)
     problems.raise_if_any()
-    new_secret = secret or signing.generate_secret()
-    await state(request).store.rotate_secret(ep.id, new_secret, grace)
-    return json_response({"secret": new_secret})
+    new_secret = secret or signing.generate_secret(spec.algorithm)
+    changed = _stored_signature(spec) if spec != ep.signature else None
+    await state(request).store.rotate_secret(ep.id, new_secret, grace, signature=changed)
+    return json_response(keys.secret_fields(spec, new_secret))
 
 
 async def send_test(request: web.Request) -> web.Response:

@@ -78,6 +78,8 @@ def endpoint_body(form: Mapping[str, Any], *, creating: bool, tenant_field: bool
         body["tenant"] = get("tenant").strip() or None
     if creating and get("secret").strip():
         body["secret"] = get("secret").strip()
+    if creating and body["signature"]["scheme"] == "standard" and get("algorithm"):
+        body["signature"]["algorithm"] = get("algorithm")
     tls = {part: get(part) for part in TLS_PARTS if get(part).strip()}
     if not creating and "client_cert" in tls and "client_key" not in tls:
         tls["client_key"] = REDACTED  # the form never shows the key: keep the stored one
@@ -142,14 +144,16 @@ def problems_by_field(detail: list[dict[str, Any]]) -> dict[str, str]:
         loc = [str(p) for p in item.get("loc", [])[1:]]
         name = loc[0] if loc else "form"
         if name == "signature" and len(loc) > 1:
-            name = {"header": "signature_header", "timestamp_header": "timestamp_header"}.get(
-                loc[1], "scheme"
-            )
+            name = {
+                "header": "signature_header",
+                "timestamp_header": "timestamp_header",
+                "algorithm": "algorithm",
+            }.get(loc[1], "scheme")
         if name == "tls" and len(loc) > 1:
             name = loc[1]
-        if name == "auth":
-            name = auth_form.field_name(loc)
         if name == "filter" and len(loc) > 1:  # the place inside the filter
             item = {**item, "msg": f"{'.'.join(loc[1:])}: {item.get('msg', '')}"}
+        if name == "auth":
+            name = auth_form.field_name(loc)
         out.setdefault(name, item.get("msg", ""))
     return out
