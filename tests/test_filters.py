@@ -4,6 +4,7 @@ the fan-out (webhookd.matching.routed) makes of filters and channels."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import orjson
@@ -13,6 +14,7 @@ from webhookd.filters import (
     MAX_CONDITIONS,
     MAX_DEPTH,
     MAX_IN_VALUES,
+    Document,
     FilterError,
     compile_filter,
     compile_stored,
@@ -381,10 +383,37 @@ def test_routed_parses_the_payload_only_when_a_candidate_has_a_filter() -> None:
         routed([*plain, endpoint(3, filter={"type": "x"})], unparsable, 0)
 
 
-def test_a_filter_is_compiled_once_per_endpoint_version() -> None:
-    ep = endpoint(0, filter={"data.amount": {"$gt": 100}})
+def test_a_filter_is_compiled_once_and_shared_by_equal_filters() -> None:
+    ep = endpoint(0, filter={"data.amount": {"$gt": 100}, "type": "order.paid"})
     first = ep.compiled_filter
     assert first is not None and ep.compiled_filter is first
     for n in (1, 500, 7):
         routed([ep], event({"amount": n}), 0)
     assert ep.compiled_filter is first
+    # A new object for a change of health (as both stores make) finds it again, as does
+    # another endpoint with the same filter, in any key order.
+    assert dataclasses.replace(ep, last_success_at=5).compiled_filter is first
+    same = endpoint(1, filter={"type": "order.paid", "data.amount": {"$gt": 100}})
+    assert same.compiled_filter is first
+    assert endpoint(2, filter={"data.amount": {"$gt": 101}}).compiled_filter is not first
+
+
+def test_paths_are_resolved_once_per_event_and_shared_filters_tested_once() -> None:
+    filters = [
+        compile_filter({"data.amount": {"$gt": n}, "data.customer.tier": "gold"}) for n in range(3)
+    ]
+    doc = Document(ENV)
+    assert [f.test(doc) for f in filters] == [True, True, True]
+    assert doc.values == {"data.amount": 150, "data.customer.tier": "gold"}
+    # Endpoints sharing a filter: routed tests it once per event (a counting filter).
+    calls: list[int] = []
+    counting = compile_stored({"data.amount": {"$gt": 100}})
+    assert counting is not None
+    real = counting.test
+    counting.test = lambda d: calls.append(1) or real(d)  # type: ignore[method-assign]
+    try:
+        eps = [endpoint(i, filter={"data.amount": {"$gt": 100}}) for i in range(5)]
+        assert len(routed(eps, event({"amount": 500}), 0)) == 5
+        assert calls == [1]
+    finally:
+        counting.test = real  # type: ignore[method-assign]

@@ -6,12 +6,17 @@ them: dotted paths into the envelope the receiver gets (`{"id", "type", "timesta
 $gte $lt $lte $in $nin $exists $prefix`, and `$not` around operators), combined with
 `$and`, `$or` and `$not` around whole filters. Several keys in one object must all hold.
 
-`compile_filter` checks a filter and turns it into a tree of closures, once per endpoint
-version (the store's Endpoint objects are replaced on every change, and cache it); the
-fan-out then calls `Filter.matches` per event and endpoint with an envelope parsed once
-per event. No evaluator library is used: the JSON-query libraries on PyPI either
-interpret the query anew for every document or speak another language (JSONPath,
-JMESPath, JSON Logic), and this is a few hundred lines tested operator by operator.
+`compile_filter` checks a filter and turns it into a tree of closures, once per distinct
+filter (`compile_stored` shares them by content; an Endpoint caches its own); the fan-out
+then calls `Filter.test` per event and endpoint on one Document per event, which parses
+the payload once and resolves each path once however many filters name it. No evaluator
+library is used: the JSON-query libraries on PyPI interpret the query anew for every
+document or speak another language (JSONPath, JMESPath, JSON Logic), and the contract
+asks the fan-out with filters to stay within 2x of the fan-out without. Measured with
+bench/routing.py (10,000 endpoints of one tenant, every other one with a filter of 2-3
+conditions, 2 shared cores): 22.9 ms per event to decide where it goes against 12.6 ms
+without filters (1.8x); the first version, one closure call per step and any()/all()
+generators, took 2.3x-3.3x.
 
 Semantics, for documents and for tests (docs/routing.md says the same to users):
 - A missing path: `$exists: false`, `$ne`, `$nin` and equality with null hold; every
@@ -27,8 +32,9 @@ Semantics, for documents and for tests (docs/routing.md says the same to users):
 
 from __future__ import annotations
 
+import functools
+import operator
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
@@ -47,8 +53,7 @@ LOGICAL = ("$and", "$or", "$not")
 
 Loc = tuple[str | int, ...]
 Envelope = Mapping[str, Any]
-Predicate = Callable[[Envelope], bool]
-ValueTest = Callable[[Any], bool]
+ValueTest = Callable[[Any], bool]  # a path's value (MISSING, a JSON value, _Many) -> holds?
 
 
 class _Missing:
@@ -79,14 +84,34 @@ class FilterError(ValueError):
         self.problems = problems
 
 
-@dataclass(frozen=True, slots=True)
-class Filter:
-    spec: dict[str, Any]
-    conditions: int
-    _test: Predicate
+class Document:
+    """One event's envelope as the filters read it: each path is resolved once per event,
+    however many filters name it."""
 
-    def matches(self, envelope: Envelope) -> bool:
-        return self._test(envelope)
+    __slots__ = ("envelope", "values")
+
+    def __init__(self, envelope: Envelope) -> None:
+        self.envelope = envelope
+        self.values: dict[str, Any] = {}
+
+
+Predicate = Callable[[Document], bool]
+
+
+class Filter:
+    """A compiled filter. `test(document)` is the fan-out's call (one Document per event,
+    shared by every filter); `matches(envelope)` is the same for a single envelope."""
+
+    __slots__ = ("conditions", "spec", "test")
+
+    def __init__(self, spec: dict[str, Any], conditions: int, test: Predicate) -> None:
+        self.spec = spec
+        self.conditions = conditions
+        self.test = test
+
+    def matches(self, envelope: Envelope | Document) -> bool:
+        doc = envelope if isinstance(envelope, Document) else Document(envelope)
+        return self.test(doc)
 
 
 def compile_filter(spec: Any) -> Filter:
@@ -162,12 +187,17 @@ class _Compiler:
                     "$and, $or, $not",
                 )
             else:
-                get = self.path(key, where)
-                tests = self.condition(value, where, depth)
-                parts.append(None if get is None or tests is None else _on_path(get, tests))
+                parts.append(self.on_path(key, value, where, depth))
         if any(p is None for p in parts):
             return None
         return _all([p for p in parts if p is not None])
+
+    def on_path(self, key: str, value: Any, loc: Loc, depth: int) -> Predicate | None:
+        segments = self.path(key, loc)
+        tests = self.condition(value, loc, depth)
+        if segments is None or tests is None:
+            return None
+        return _on_path(key, segments, tests)
 
     def logical(self, op: str, value: Any, loc: Loc, depth: int) -> Predicate | None:
         if not isinstance(value, list) or not value:
@@ -179,7 +209,7 @@ class _Compiler:
         preds = [s for s in subs if s is not None]
         return _all(preds) if op == "$and" else _any(preds)
 
-    def path(self, key: str, loc: Loc) -> Callable[[Envelope], Any] | None:
+    def path(self, key: str, loc: Loc) -> tuple[str, ...] | None:
         segments = key.split(".")
         if len(key) > MAX_PATH_CHARS or not all(segments):
             self.problem(
@@ -198,7 +228,7 @@ class _Compiler:
         if segments[0] != "data" and len(segments) > 1:
             self.problem(loc, f"{segments[0]} is a string: only data.… paths go deeper")
             return None
-        return _resolver(tuple(segments))
+        return tuple(segments)
 
     def condition(self, value: Any, loc: Loc, depth: int) -> list[ValueTest] | None:
         """A path's value: an operator object, or a value it must equal."""
@@ -237,14 +267,14 @@ class _Compiler:
         tests = self.condition(arg, loc, depth + 1)
         if tests is None:
             return None
-        return lambda v: not all(t(v) for t in tests)
+        return _negated(_every(tests))
 
 
 def _comparison(op: str, arg: Any) -> tuple[str | None, ValueTest | None]:
     """(why `arg` does not suit `op`, or None; the test)."""
     if op in ("$eq", "$ne"):
         eq = _equals(arg)
-        return None, (eq if op == "$eq" else lambda v: not eq(v))
+        return None, (eq if op == "$eq" else _negated(eq))
     if op in ("$gt", "$gte", "$lt", "$lte"):
         if not _is_number(arg) and not isinstance(arg, str):
             return f"{op} compares with a number or a string", None
@@ -255,36 +285,38 @@ def _comparison(op: str, arg: Any) -> tuple[str | None, ValueTest | None]:
         if len(arg) > MAX_IN_VALUES:
             return f"{op} takes at most {MAX_IN_VALUES} values", None
         found = _member_of(arg)
-        return None, (found if op == "$in" else lambda v: not found(v))
+        return None, (found if op == "$in" else _negated(found))
     if op == "$exists":
         if not isinstance(arg, bool):
             return "$exists needs true or false", None
         return None, (lambda v: v is not MISSING) if arg else (lambda v: v is MISSING)
     if not isinstance(arg, str):  # $prefix
         return "$prefix needs a string", None
-    return None, _positive(lambda v: type(v) is str and v.startswith(arg))
+    return None, _typed((str,), str.startswith, arg)
 
 
 # --- paths ------------------------------------------------------------------------------
 
 
-def _resolver(segments: tuple[str, ...]) -> Callable[[Envelope], Any]:
+class _Unset:
+    pass
+
+
+_UNSET: Final = _Unset()  # not resolved yet (MISSING is a resolved value)
+
+
+def _resolve(cur: Any, segments: tuple[str, ...]) -> Any:
     """The value at a path: MISSING, a JSON value, or _Many through an array."""
-
-    def get(env: Envelope) -> Any:
-        cur: Any = env
-        for i, seg in enumerate(segments):
-            if type(cur) is dict:
-                cur = cur.get(seg, MISSING)
-                if cur is MISSING:
-                    return MISSING
-            elif type(cur) is list:
-                return _through(cur, segments[i:])
-            else:
+    for i, seg in enumerate(segments):
+        if type(cur) is dict:
+            cur = cur.get(seg, MISSING)
+            if cur is MISSING:
                 return MISSING
-        return cur
-
-    return get
+        elif type(cur) is list:
+            return _through(cur, segments[i:])
+        else:
+            return MISSING
+    return cur
 
 
 def _through(items: list[Any], rest: tuple[str, ...]) -> Any:
@@ -302,10 +334,6 @@ def _through(items: list[Any], rest: tuple[str, ...]) -> Any:
             elif value is not MISSING:
                 found.append(value)
     return _Many(found) if found else MISSING
-
-
-def _resolve(cur: Any, rest: tuple[str, ...]) -> Any:
-    return _resolver(rest)(cur) if rest else cur
 
 
 # --- values -----------------------------------------------------------------------------
@@ -341,9 +369,38 @@ def json_equal(a: Any, b: Any) -> bool:
     return bool(a == b)
 
 
+# The tests below are the hot path of the fan-out: one Python call per value on the
+# common path (a plain value of the expected type), with arrays, values reached through
+# arrays and missing paths handled after it. Loops stand where any()/all() would read
+# better (SIM110): a generator per call made a filter about a third slower.
+
+NUMBER: Final = (int, float)
+
+
+def _typed(types: tuple[type, ...], compare: Callable[[Any, Any], bool], arg: Any) -> ValueTest:
+    """`compare(value, arg)` for values of `types` (or any element of an array); false
+    for every other value and for a missing path."""
+
+    def test(v: Any) -> bool:
+        t = type(v)
+        if t in types:
+            return compare(v, arg)
+        if t is list:
+            for e in v:  # noqa: SIM110
+                if type(e) in types and compare(e, arg):
+                    return True
+            return False
+        if t is _Many:
+            for x in v.values:
+                if test(x):
+                    return True
+        return False
+
+    return test
+
+
 def _positive(scalar: ValueTest, *, missing: bool = False) -> ValueTest:
-    """A test of a path's value from a test of one value: on an array, the whole array
-    or any element; through arrays, any value reached; a missing path gives `missing`."""
+    """The same for any test of one value (`missing`: what a missing path gives)."""
 
     def test(v: Any) -> bool:
         if v is MISSING:
@@ -361,24 +418,25 @@ def _equals(arg: Any) -> ValueTest:
     if arg is None:
         return _positive(lambda v: v is None, missing=True)  # null matches a missing path
     if type(arg) is bool:
-        return _positive(lambda v: v is arg)
+        return _typed((bool,), operator.is_, arg)
     if type(arg) is str:
-        return _positive(lambda v: type(v) is str and v == arg)
+        return _typed((str,), operator.eq, arg)
     if _is_number(arg):
-        return _positive(lambda v: (type(v) is int or type(v) is float) and v == arg)
-    return _positive(lambda v: json_equal(v, arg))
+        return _typed(NUMBER, operator.eq, arg)
+    return _positive(lambda v: json_equal(v, arg))  # an object or an array, as a whole
+
+
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "$gt": operator.gt,
+    "$gte": operator.ge,
+    "$lt": operator.lt,
+    "$lte": operator.le,
+}
 
 
 def _ordered(op: str, arg: Any) -> ValueTest:
     """Numbers with numbers, strings with strings; anything else is false."""
-    want: tuple[type, ...] = (str,) if isinstance(arg, str) else (int, float)
-    if op == "$gt":
-        return _positive(lambda v: type(v) in want and v > arg)
-    if op == "$gte":
-        return _positive(lambda v: type(v) in want and v >= arg)
-    if op == "$lt":
-        return _positive(lambda v: type(v) in want and v < arg)
-    return _positive(lambda v: type(v) in want and v <= arg)
+    return _typed((str,) if isinstance(arg, str) else NUMBER, _ORDER[op], arg)
 
 
 def _member_of(values: list[Any]) -> ValueTest:
@@ -400,51 +458,104 @@ def _member_of(values: list[Any]) -> ValueTest:
             return has_null
         return any(json_equal(v, o) for o in others)
 
+    if not others and not has_null:
+        return _typed((str, int, float, bool), lambda v, _: scalar(v), None)
     return _positive(scalar, missing=has_null)
+
+
+def _negated(test: ValueTest) -> ValueTest:
+    return lambda v: not test(v)
+
+
+def _every(tests: list[ValueTest]) -> ValueTest:
+    if len(tests) == 1:
+        return tests[0]
+
+    def every(v: Any) -> bool:
+        for t in tests:  # noqa: SIM110
+            if not t(v):
+                return False
+        return True
+
+    return every
 
 
 # --- combining --------------------------------------------------------------------------
 
 
-def _on_path(get: Callable[[Envelope], Any], tests: list[ValueTest]) -> Predicate:
-    if len(tests) == 1:
-        test = tests[0]
-        return lambda env: test(get(env))
-    return lambda env: _all_hold(tests, get(env))
+def _on_path(path: str, segments: tuple[str, ...], tests: list[ValueTest]) -> Predicate:
+    """The conditions on one path; its value is resolved once per document."""
+    test = _every(tests)
+
+    def on_path(doc: Document) -> bool:
+        values = doc.values
+        v = values.get(path, _UNSET)
+        if v is _UNSET:
+            v = values[path] = _resolve(doc.envelope, segments)
+        return test(v)
+
+    return on_path
 
 
-def _all_hold(tests: list[ValueTest], value: Any) -> bool:
-    return all(t(value) for t in tests)
+def _always(doc: Document) -> bool:
+    return True
 
 
 def _all(preds: list[Predicate]) -> Predicate:
     if not preds:
-        return lambda env: True
+        return _always
     if len(preds) == 1:
         return preds[0]
     if len(preds) == 2:
         a, b = preds
-        return lambda env: a(env) and b(env)
-    return lambda env: all(p(env) for p in preds)
+        return lambda doc: a(doc) and b(doc)
+
+    def every(doc: Document) -> bool:
+        for p in preds:  # noqa: SIM110
+            if not p(doc):
+                return False
+        return True
+
+    return every
 
 
 def _any(preds: list[Predicate]) -> Predicate:
     if len(preds) == 1:
         return preds[0]
-    return lambda env: any(p(env) for p in preds)
+
+    def some(doc: Document) -> bool:
+        for p in preds:  # noqa: SIM110
+            if p(doc):
+                return True
+        return False
+
+    return some
 
 
 def _negate(pred: Predicate) -> Predicate:
-    return lambda env: not pred(env)
+    return lambda doc: not pred(doc)
 
 
 def compile_stored(spec: dict[str, Any] | None) -> Filter | None:
     """An endpoint's stored filter, compiled (None: no filter). The API checked it before
     storing it; one that no longer compiles (a database edited by hand) matches nothing,
-    since a filter is there to hold events back."""
+    since a filter is there to hold events back.
+
+    Compiled filters are shared by content (the endpoints with the same filter share one)
+    and kept for the last CACHED_FILTERS distinct ones: a store replaces an endpoint's
+    object on every change of its health, which must not mean compiling again."""
     if spec is None:
         return None
+    return _compiled(orjson.dumps(spec, option=orjson.OPT_SORT_KEYS))
+
+
+CACHED_FILTERS = 16384
+
+
+@functools.lru_cache(maxsize=CACHED_FILTERS)
+def _compiled(canonical: bytes) -> Filter:
+    spec = orjson.loads(canonical)
     try:
         return compile_filter(spec)
     except FilterError:
-        return Filter(spec, 0, lambda env: False)
+        return Filter(spec, 0, lambda doc: False)

@@ -4,9 +4,8 @@ its content `filter` (webhookd.filters). Pure functions."""
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
-from webhookd.filters import envelope
+from webhookd.filters import Document, Filter, envelope
 from webhookd.store.models import Endpoint, NewEvent
 
 RESERVED_PREFIX = "webhookd."
@@ -39,7 +38,8 @@ def routed(endpoints: Iterable[Endpoint], ev: NewEvent, created_at: int) -> list
     and only when a candidate has a filter; a test event (`only_endpoint`) is not
     filtered at all (the caller sends it to that endpoint alone)."""
     out: list[Endpoint] = []
-    env: dict[str, Any] | None = None
+    doc: Document | None = None
+    verdicts: dict[Filter, bool] = {}
     channels = frozenset(ev.channels or ())
     for ep in endpoints:
         if ep.tenant != ev.tenant or not subscribed(ep.events, ev.type):
@@ -48,9 +48,14 @@ def routed(endpoints: Iterable[Endpoint], ev: NewEvent, created_at: int) -> list
             continue
         flt = ep.compiled_filter
         if flt is not None:
-            if env is None:
-                env = envelope(ev.id, ev.type, created_at, ev.tenant, ev.payload_json)
-            if not flt.matches(env):
+            # Endpoints with the same filter share one Filter: it is tested once.
+            held = verdicts.get(flt)
+            if held is None:
+                if doc is None:
+                    env = envelope(ev.id, ev.type, created_at, ev.tenant, ev.payload_json)
+                    doc = Document(env)
+                held = verdicts[flt] = flt.test(doc)
+            if not held:
                 continue
         out.append(ep)
     return out
