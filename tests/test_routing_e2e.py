@@ -354,6 +354,10 @@ async def test_console_form_edits_filter_and_channels_and_previews_them(daemon: 
         assert created.status == 303, created.text[:500]
         [ep] = (await daemon.get("/v1/endpoints")).json["data"]
         assert ep["filter"] == {"data.amount": {"$gt": 100}} and ep["channels"] == ["eu", "us"]
+        shown = html.unescape((await c.get(f"/console/endpoints/{ep['id']}")).text)
+        assert '<code>{"data.amount": {"$gt": 100}}</code>' in shown and "eu, us</dd>" in shown
+        event_page = (await c.get(f"/console/events/{large_eu['id']}")).text
+        assert 'data-test="event-channels">channels eu</span>' in event_page
         edit = await c.get(f"/console/endpoints/{ep['id']}/edit")
         assert '"$gt": 100' in html.unescape(edit.text) and "eu\nus</textarea>" in edit.text
         # The edit form's preview knows the endpoint (its tenant); emptied fields remove both.
