@@ -15,8 +15,8 @@ document or speak another language (JSONPath, JMESPath, JSON Logic), and the con
 asks the fan-out with filters to stay within 2x of the fan-out without. Measured with
 bench/routing.py (10,000 endpoints of one tenant, every other one with a filter of 2-3
 conditions, 2 shared cores): 22.9 ms per event to decide where it goes against 12.6 ms
-without filters (1.8x); the first version, one closure call per step and any()/all()
-generators, took 2.3x-3.3x.
+without filters (1.8x). The first version (a closure call per step, any()/all()
+generators, each filter resolving its own paths) took 3.3x with 2,000 endpoints.
 
 Semantics, for documents and for tests (docs/routing.md says the same to users):
 - A missing path: `$exists: false`, `$ne`, `$nin` and equality with null hold; every
@@ -49,7 +49,6 @@ MAX_FILTER_BYTES = 16384
 ROOTS = ("id", "type", "timestamp", "tenant", "data")
 COMPARISONS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$exists", "$prefix")
 FIELD_OPERATORS = (*COMPARISONS, "$not")
-LOGICAL = ("$and", "$or", "$not")
 
 Loc = tuple[str | int, ...]
 Envelope = Mapping[str, Any]
