@@ -300,7 +300,7 @@ async def test_readme_quick_start_runs_as_written(space: Workspace) -> None:
     assert markers == ["background", "background", "stop", "background"]
     for block in todo:
         await space.run(block)
-    assert space.ran == len(todo) == 9
+    assert space.ran == len(todo) == 10  # the last: the Ed25519 receiver, standalone
     # A verified delivery: the first receiver printed it, its signature checked.
     first = space.background[1][1].read_text()
     assert "type=order.created" in first and "signature OK (standard)" in first
