@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from webhookd.filters import Document, Filter, envelope
-from webhookd.store.models import Endpoint, NewEvent
+from webhookd.store.interface import Endpoint, NewEvent
 
 RESERVED_PREFIX = "webhookd."
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import jsonschema_rs
 
 if TYPE_CHECKING:  # (config.py imports this module, and the store's imports config)
-    from webhookd.store.models import EventType
+    from webhookd.store.interface import EventType
 
 DRAFT_2020_12 = "https://json-schema.org/draft/2020-12/schema"
 # Validation errors reported for one payload (a 422 `detail` stays readable).

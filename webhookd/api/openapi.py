@@ -731,6 +731,28 @@ TRACEPARENT: J = {
 }
 
 
+def _publish_op() -> J:
+    """POST /v1/events, with its idempotency and trace context headers."""
+    return {
+        **op(
+            "Publish an event (answered after it is on disk)",
+            202,
+            "PublishResult",
+            (400, 403, 409, 413, 422),
+            body="PublishRequest",
+        ),
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
+            },
+            TRACEPARENT,
+        ],
+    }
+
+
 def _event_paths() -> J:
     """Publishing and reading events."""
     return {
@@ -747,24 +769,7 @@ def _event_paths() -> J:
                     *WINDOW,
                 ],
             ),
-            "post": {
-                **op(
-                    "Publish an event (answered after it is on disk)",
-                    202,
-                    "PublishResult",
-                    (400, 403, 409, 413, 422),
-                    body="PublishRequest",
-                ),
-                "parameters": [
-                    {
-                        "name": "Idempotency-Key",
-                        "in": "header",
-                        "required": False,
-                        "schema": {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"},
-                    },
-                    TRACEPARENT,
-                ],
-            },
+            "post": _publish_op(),
         },
         "/v1/events/batch": {
             "post": {

@@ -641,6 +641,33 @@ def _add_deliveries(sub: Subparsers[argparse.ArgumentParser], co: argparse.Argum
     p.add_argument("id", help="delivery id (dlv_…)")
 
 
+def _add_event_type_update(
+    g: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser
+) -> None:
+    p = _leaf(
+        g,
+        "update",
+        "change an event type's description, schema or example",
+        co,
+        call_action("PATCH", "/v1/event-types/{name}", event_type_update_body),
+        message("updated event type {doc[name]}"),
+    )
+    p.add_argument("name", help="the event type's name")
+    p.add_argument("--description", help="what the event means")
+    p.add_argument(
+        "--schema",
+        type=_json_file_or_none,
+        metavar="FILE",
+        help="new JSON Schema file (- for stdin), or none to remove the schema",
+    )
+    p.add_argument(
+        "--example",
+        type=_json_file_or_none,
+        metavar="FILE",
+        help="new example payload file, or none to remove the example",
+    )
+
+
 def _add_event_types(sub: Subparsers[argparse.ArgumentParser], co: argparse.ArgumentParser) -> None:
     g = _group(sub, "event-types", "manage the event-type catalog", co)
     _leaf(
@@ -679,28 +706,7 @@ def _add_event_types(sub: Subparsers[argparse.ArgumentParser], co: argparse.Argu
         render_event_type,
     )
     p.add_argument("name", help="the event type's name")
-    p = _leaf(
-        g,
-        "update",
-        "change an event type's description, schema or example",
-        co,
-        call_action("PATCH", "/v1/event-types/{name}", event_type_update_body),
-        message("updated event type {doc[name]}"),
-    )
-    p.add_argument("name", help="the event type's name")
-    p.add_argument("--description", help="what the event means")
-    p.add_argument(
-        "--schema",
-        type=_json_file_or_none,
-        metavar="FILE",
-        help="new JSON Schema file (- for stdin), or none to remove the schema",
-    )
-    p.add_argument(
-        "--example",
-        type=_json_file_or_none,
-        metavar="FILE",
-        help="new example payload file, or none to remove the example",
-    )
+    _add_event_type_update(g, co)
     p = _leaf(
         g,
         "delete",

@@ -21,6 +21,7 @@ from webhookd.store.models import (
     EndpointTLS,
     Event,
     EventType,
+    NewEvent,
     PreviousSecret,
 )
 
@@ -157,6 +158,36 @@ def check_changeable(name: str, source: str, verb: str) -> None:
     if source == "config":
         where = "remove it there" if verb == "deleted" else "change it there"
         raise Conflict(f"{name} is declared in the config file; {where} and reload")
+
+
+def stored_event(ev: NewEvent, seq: int, now: int) -> tuple[Event, tuple[Any, ...]]:
+    """A new event as published at `now`, and its row for both backends' inserts, in the
+    column order (seq, id, type, tenant, payload, body_hash, deliver_at, created_at,
+    channels, traceparent)."""
+    event = Event(
+        id=ev.id,
+        type=ev.type,
+        tenant=ev.tenant,
+        payload_json=ev.payload_json,
+        deliver_at=ev.deliver_at,
+        created_at=now,
+        seq=seq,
+        channels=ev.channels,
+        traceparent=ev.traceparent,
+    )
+    row = (
+        seq,
+        ev.id,
+        ev.type,
+        ev.tenant,
+        ev.payload_json,
+        ev.body_hash,
+        ev.deliver_at,
+        now,
+        json_or_null(ev.channels),
+        ev.traceparent,
+    )
+    return event, row
 
 
 def json_or_null(value: Any) -> str | None:

@@ -23,7 +23,7 @@ from webhookd.store.models import Conflict, Endpoint, Event, NewEvent, PublishRe
 from webhookd.store.postgres import wakeups
 from webhookd.store.postgres.db import Conn
 from webhookd.store.postgres.rows import EVENT_COLS, event_from_row
-from webhookd.store.records import json_or_null
+from webhookd.store.records import stored_event
 
 EVENTS_ID_INDEX = "events_id"
 
@@ -119,32 +119,9 @@ def _stage(
             staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
             continue
         seq = next(seq_iter)
-        event = Event(
-            ev.id,
-            ev.type,
-            ev.tenant,
-            ev.payload_json,
-            ev.deliver_at,
-            now,
-            seq,
-            channels=ev.channels,
-            traceparent=ev.traceparent,
-        )
+        event, event_row = stored_event(ev, seq, now)
         mine[key] = (event, ev.body_hash)
-        staged.event_rows.append(
-            (
-                seq,
-                ev.id,
-                ev.type,
-                ev.tenant,
-                ev.payload_json,
-                ev.body_hash,
-                ev.deliver_at,
-                now,
-                json_or_null(ev.channels),
-                ev.traceparent,
-            )
-        )
+        staged.event_rows.append(event_row)
         staged.results.append(_fan_out_rows(staged, event, ev, fan_out, now))
     return staged
 

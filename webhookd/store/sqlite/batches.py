@@ -23,7 +23,8 @@ from webhookd.store.models import (
     Outcome,
     PublishResult,
 )
-from webhookd.store.sqlite.rows import EVENT_COLS, event_from_row, json_or_null
+from webhookd.store.records import stored_event
+from webhookd.store.sqlite.rows import EVENT_COLS, event_from_row
 from webhookd.timefmt import now_ms
 
 if TYPE_CHECKING:
@@ -248,32 +249,9 @@ def _stage(
             staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
             continue
         seq = next(seqs)
-        event = Event(
-            id=ev.id,
-            type=ev.type,
-            tenant=ev.tenant,
-            payload_json=ev.payload_json,
-            deliver_at=ev.deliver_at,
-            created_at=now,
-            seq=seq,
-            channels=ev.channels,
-            traceparent=ev.traceparent,
-        )
+        event, event_row = stored_event(ev, seq, now)
         staged.existing[key] = (event, ev.body_hash)
-        staged.event_rows.append(
-            (
-                seq,
-                ev.id,
-                ev.type,
-                ev.tenant,
-                ev.payload_json,
-                ev.body_hash,
-                ev.deliver_at,
-                now,
-                json_or_null(ev.channels),
-                ev.traceparent,
-            )
-        )
+        staged.event_rows.append(event_row)
         ids: list[str] = []
         pending: list[tuple[Endpoint, int, list[Any]]] = []
         for ep in store.fan_out(ev, now):
