@@ -303,6 +303,25 @@ async def test_retention_purges_by_the_clock(store: SQLiteStore) -> None:
     assert retention.purged_total == 1
 
 
+@pytest.mark.parametrize("busy_share", [0.5, 1.0])
+async def test_retention_rests_between_batches_by_its_busy_share(
+    store: SQLiteStore, busy_share: float
+) -> None:
+    """A pass over several batches rests between them, in proportion to the time the
+    batches took (BUSY_SHARE), so that the purge's writes leave room to publishing."""
+    await store.publish([new_event(n) for n in range(450)])  # 3 batches of up to 200
+    retention = Retention(store, lambda: 1.0, busy_share=busy_share)
+    clock = ManualClock(now_ms())
+    with use_clock(clock):
+        clock.advance(86400 + 5)
+        assert await retention.purge_once() == 450
+    assert retention.busy_s > 0
+    if busy_share == 1.0:
+        assert retention.rested_s < 0.01 * retention.busy_s + 0.005  # a yield, no rest
+    else:  # as long as the two batches that were followed by another, give or take
+        assert 0.5 * retention.busy_s <= retention.rested_s <= 3 * retention.busy_s + 0.05
+
+
 async def test_a_rotated_secret_signs_until_its_grace_ends_by_the_clock(
     store: SQLiteStore,
 ) -> None:
