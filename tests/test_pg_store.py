@@ -415,3 +415,25 @@ async def test_receiver_options_and_event_fields_round_trip(store: Any) -> None:
     assert [e.traceparent for e in page.data] == [traceparent]
     claimed, _ = await store.claim({ep.id: 5}, now_ms())
     assert [c.event.traceparent for c in claimed] == [traceparent]
+
+
+async def test_a_batch_mixing_plain_events_and_events_with_channels_keeps_each(
+    store: Any,
+) -> None:
+    """SQLite inserts events without channels or trace context apart from the others:
+    in one batch, every event keeps its own fields and its place in publish order."""
+    evs = [new_event(n) for n in range(6)]
+    evs[1].channels = ("eu",)
+    evs[4].traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    results = await store.publish(evs)
+    assert [r.event.seq for r in results] == sorted(r.event.seq for r in results)
+    for ev, res in zip(evs, results, strict=True):
+        stored, _ = await store.get_event(ev.id)
+        assert (stored.seq, stored.channels, stored.traceparent, stored.payload_json) == (
+            res.event.seq,
+            ev.channels,
+            ev.traceparent,
+            ev.payload_json,
+        )
+    page = await store.list_events(cursor=None, limit=10)
+    assert [e.id for e in page.data] == [ev.id for ev in reversed(evs)]
