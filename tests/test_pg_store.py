@@ -437,3 +437,17 @@ async def test_a_batch_mixing_plain_events_and_events_with_channels_keeps_each(
         )
     page = await store.list_events(cursor=None, limit=10)
     assert [e.id for e in page.data] == [ev.id for ev in reversed(evs)]
+
+
+async def test_an_erased_events_id_cannot_be_published_again_and_says_why(store: Any) -> None:
+    """Erasure drops the body hash, so no later publish can be an idempotent repeat: the
+    same id is a Conflict that names the erasure, not a "different body"."""
+    (first,) = await store.publish([keyed("evt_kept")])
+    assert first.created
+    await store.erase_payload("evt_kept")
+    with pytest.raises(Conflict, match="payload has been erased; publish with a new id"):
+        await store.publish([keyed("evt_kept")])
+    with pytest.raises(Conflict, match=r"evt_kept \(events\[1\]\) was already used, and"):
+        await store.publish([keyed("evt_other"), keyed("evt_kept")])
+    with pytest.raises(Conflict, match="different body"):
+        await store.publish([keyed("evt_other"), keyed("evt_other", n=1)])

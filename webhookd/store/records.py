@@ -190,6 +190,18 @@ def stored_event(ev: NewEvent, seq: int, now: int) -> tuple[Event, tuple[Any, ..
     return event, row
 
 
+def repeat_conflict(prior: Event, event_id: str, index: int, batch: bool) -> Conflict:
+    """Why an event id chosen again cannot be published: its first use had another body,
+    or its payload was erased since (then no body can be compared, nor republished)."""
+    where = f" (events[{index}])" if batch else ""
+    if prior.payload_erased_at is not None:
+        return Conflict(
+            f"event id {event_id}{where} was already used, and its payload has been erased; "
+            "publish with a new id"
+        )
+    return Conflict(f"event id {event_id}{where} was already used with a different body")
+
+
 def json_or_null(value: Any) -> str | None:
     """A nullable JSON column's text."""
     return None if value is None else orjson.dumps(value).decode()

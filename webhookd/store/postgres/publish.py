@@ -19,11 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from webhookd.ids import new_id
-from webhookd.store.models import Conflict, Endpoint, Event, NewEvent, PublishResult
+from webhookd.store.models import Endpoint, Event, NewEvent, PublishResult
 from webhookd.store.postgres import wakeups
 from webhookd.store.postgres.db import Conn
 from webhookd.store.postgres.rows import EVENT_COLS, event_from_row
-from webhookd.store.records import stored_event
+from webhookd.store.records import repeat_conflict, stored_event
 
 EVENTS_ID_INDEX = "events_id"
 
@@ -113,8 +113,7 @@ def _stage(
         prior = existing.get(key) or mine.get(key)
         if prior is not None:
             if prior[1] != ev.body_hash:
-                where = f" (events[{index}])" if len(events) > 1 else ""
-                raise Conflict(f"event id {ev.id}{where} was already used with a different body")
+                raise repeat_conflict(prior[0], ev.id, index, len(events) > 1)
             staged.repeats.append(index)
             staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
             continue

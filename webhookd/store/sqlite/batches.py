@@ -23,7 +23,7 @@ from webhookd.store.models import (
     Outcome,
     PublishResult,
 )
-from webhookd.store.records import stored_event
+from webhookd.store.records import repeat_conflict, stored_event
 from webhookd.store.sqlite.rows import EVENT_COLS, event_from_row
 from webhookd.timefmt import now_ms
 
@@ -258,8 +258,7 @@ def _stage(
         prior = existing.get(key) or staged.existing.get(key)
         if prior is not None:
             if prior[1] != ev.body_hash:
-                where = f" (events[{index}])" if len(evs) > 1 else ""
-                return Conflict(f"event id {ev.id}{where} was already used with a different body")
+                return repeat_conflict(prior[0], ev.id, index, len(evs) > 1)
             staged.results.append(PublishResult(event=prior[0], deliveries=-1, created=False))
             continue
         seq = next(seqs)
