@@ -539,6 +539,11 @@ async def test_the_console_form_keeps_secrets_write_only(
         ep_id = r.headers["Location"].split("/")[-1].split("?")[0]
         page = await c.get(f"/console/endpoints/{ep_id}/edit")
         assert page.status == 200 and CLIENT_SECRET not in page.text
+        # The endpoint's page says how webhookd authenticates, never with what secret.
+        shown = await c.get(f"/console/endpoints/{ep_id}")
+        assert shown.status == 200 and CLIENT_SECRET not in shown.text
+        auth = shown.text.split('data-test="auth">', 1)[1].split("</dd>", 1)[0]
+        assert "OAuth 2.0 client credentials" in auth and CLIENT_ID in auth
         assert token_server.url() in page.text and "empty keeps the stored one" in page.text
         # Saved again with the secret left empty: the stored one is kept.
         edited = {**form, "auth_client_secret": "", "auth_scope": "x"}
@@ -563,5 +568,7 @@ async def test_the_console_form_keeps_secrets_write_only(
         r = await c.post(f"/console/endpoints/{ep_id}/edit", none, csrf=page.csrf())
         assert r.status == 303
         assert (await d.get(f"/v1/endpoints/{ep_id}")).json["auth"] is None
+        shown = await c.get(f"/console/endpoints/{ep_id}")
+        assert 'data-test="auth">none</dd>' in shown.text
     finally:
         await c.close()
