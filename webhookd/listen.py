@@ -94,7 +94,7 @@ def verify_public(key: str, headers: Mapping[str, str], body: bytes) -> Verdict:
     lower = {k.lower(): v for k, v in headers.items()}
     if "webhook-signature" not in lower:
         return Verdict(False, "signature MISSING (no webhook-signature header)")
-    ok = ed25519.verify_v1a(key, headers, body, now_s=int(time.time()))
+    ok = signing.verify_ed25519(key, headers, body, now_s=int(time.time()))
     return Verdict(ok, f"signature {'OK' if ok else 'INVALID'} (standard, ed25519 v1a)")
 
 

@@ -177,6 +177,22 @@ def redact(spec: SignatureSpec, headers: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
+def _standard_request(
+    headers: Mapping[str, str], now_s: int | None, tolerance_s: int
+) -> tuple[str, int, list[str]] | None:
+    """A Standard Webhooks request's webhook-id, timestamp and signature entries, or None
+    when the id is missing, the timestamp unreadable, or (with `now_s`) not fresh."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    msg_id = lower.get("webhook-id")
+    ts_text = lower.get("webhook-timestamp", "")
+    if not msg_id or not (ts_text.isascii() and ts_text.isdigit()):
+        return None
+    timestamp = int(ts_text)
+    if now_s is not None and abs(now_s - timestamp) > tolerance_s:
+        return None
+    return msg_id, timestamp, lower.get("webhook-signature", "").split(" ")
+
+
 def verify_standard(
     secret: str,
     headers: Mapping[str, str],
@@ -186,21 +202,30 @@ def verify_standard(
     tolerance_s: int = 300,
 ) -> bool:
     """Check a Standard Webhooks request: any `v1,` signature matching, timestamp fresh."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    msg_id = lower.get("webhook-id")
-    ts_text = lower.get("webhook-timestamp", "")
-    sig_header = lower.get("webhook-signature", "")
-    if not msg_id or not (ts_text.isascii() and ts_text.isdigit()):
+    request = _standard_request(headers, now_s, tolerance_s)
+    if request is None:
         return False
-    timestamp = int(ts_text)
-    if now_s is not None and abs(now_s - timestamp) > tolerance_s:
-        return False
+    msg_id, timestamp, candidates = request
     try:
         expected = standard_signature(secret, msg_id, timestamp, body)
     except ValueError:
         return False
     return any(
         hmac.compare_digest(expected.encode(), candidate.encode())
-        for candidate in sig_header.split(" ")
+        for candidate in candidates
         if candidate.startswith("v1,")
     )
+
+
+def verify_ed25519(
+    key: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    *,
+    now_s: int | None = None,
+    tolerance_s: int = 300,
+) -> bool:
+    """Check a Standard Webhooks request against a `whpk_` public key: any `v1a,`
+    signature verifying, timestamp fresh (when `now_s` is given)."""
+    request = _standard_request(headers, now_s, tolerance_s)
+    return request is not None and ed25519.verify_v1a(key, *request[:2], body, request[2])
