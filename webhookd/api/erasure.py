@@ -14,8 +14,7 @@ import logging
 from aiohttp import web
 
 from webhookd.api.context import api_key, state
-from webhookd.api.errors import ApiError
-from webhookd.api.events import _event_tenant
+from webhookd.api.events import ambiguous_event, event_tenant
 from webhookd.store.interface import AmbiguousId
 
 log = logging.getLogger("webhookd.api")
@@ -24,14 +23,9 @@ log = logging.getLogger("webhookd.api")
 async def erase_payload(request: web.Request) -> web.Response:
     event_id = request.match_info["event_id"]
     try:
-        event = await state(request).store.erase_payload(event_id, _event_tenant(request))
+        event = await state(request).store.erase_payload(event_id, event_tenant(request))
     except AmbiguousId as exc:
-        names = ", ".join(sorted(t if t is not None else "no tenant" for t in exc.tenants))
-        raise ApiError(
-            409,
-            f"event id {event_id} is used by several tenants ({names}); add ?tenant=<name> "
-            "to choose one, or ?tenant= for the event without a tenant",
-        ) from None
+        raise ambiguous_event(exc) from None
     key = api_key(request)
     log.info(
         "event payload erased",

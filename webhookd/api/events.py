@@ -381,18 +381,23 @@ async def get(request: web.Request) -> web.Response:
     (409 naming the tenants when several do)."""
     event_id = request.match_info["event_id"]
     try:
-        ev, deliveries = await state(request).store.get_event(event_id, _event_tenant(request))
+        ev, deliveries = await state(request).store.get_event(event_id, event_tenant(request))
     except AmbiguousId as exc:
-        names = ", ".join(sorted(t if t is not None else "no tenant" for t in exc.tenants))
-        raise ApiError(
-            409,
-            f"event id {event_id} is used by several tenants ({names}); add ?tenant=<name> "
-            "to choose one, or ?tenant= for the event without a tenant",
-        ) from None
+        raise ambiguous_event(exc) from None
     return json_response(serialize.event(ev, deliveries))
 
 
-def _event_tenant(request: web.Request) -> Any:
+def ambiguous_event(exc: AmbiguousId) -> ApiError:
+    """The 409 of an event id that several tenants use, looked up with no tenant named."""
+    names = ", ".join(sorted(t if t is not None else "no tenant" for t in exc.tenants))
+    return ApiError(
+        409,
+        f"event id {exc.event_id} is used by several tenants ({names}); add ?tenant=<name> "
+        "to choose one, or ?tenant= for the event without a tenant",
+    )
+
+
+def event_tenant(request: web.Request) -> Any:
     """The tenant whose event ids GET /v1/events/{id} looks in (ANY_TENANT: all)."""
     values = request.query.getall("tenant", [])
     if len(values) > 1:
