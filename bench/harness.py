@@ -278,6 +278,14 @@ async def run_helper(argv: Sequence[str], timeout_s: float) -> dict[str, Any]:
         stderr=asyncio.subprocess.PIPE,
         preexec_fn=_die_with_parent,
     )
+    return await collect_json(p, timeout_s, argv[1])
+
+
+async def collect_json(
+    p: asyncio.subprocess.Process, timeout_s: float, name: str
+) -> dict[str, Any]:
+    """Wait for a helper started with piped output, and return the JSON object it
+    printed; killed if it outlives `timeout_s`, an error if it failed."""
     try:
         out, err = await asyncio.wait_for(p.communicate(), timeout_s)
     finally:
@@ -287,7 +295,7 @@ async def run_helper(argv: Sequence[str], timeout_s: float) -> dict[str, Any]:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(p.wait(), 10)
     if p.returncode != 0:
-        raise RuntimeError(f"{argv[1]} exited {p.returncode}: {err.decode()[-2000:]}")
+        raise RuntimeError(f"{name} exited {p.returncode}: {err.decode()[-2000:]}")
     result: dict[str, Any] = json.loads(out)
     return result
 

@@ -59,7 +59,16 @@ from typing import Any
 import aiohttp
 import psycopg
 from cluster import Daemon, Postgres
-from harness import PAYLOAD, PY, Processes, _die_with_parent, free_port, log, wait_http
+from harness import (
+    PAYLOAD,
+    PY,
+    Processes,
+    _die_with_parent,
+    collect_json,
+    free_port,
+    log,
+    wait_http,
+)
 
 from webhookd.retention import BATCH_EVENTS, Retention
 from webhookd.store.postgres.store import PostgresStore
@@ -111,20 +120,9 @@ async def finish_publisher(
     p: asyncio.subprocess.Process, timeout_s: float, stop: bool = False
 ) -> dict[str, Any]:
     """Its JSON; `stop`: SIGTERM first (loadgen then stops sending and reports)."""
-    try:
-        if stop and p.returncode is None:
-            p.send_signal(signal.SIGTERM)
-        out, err = await asyncio.wait_for(p.communicate(), timeout_s)
-    finally:
-        if p.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                p.kill()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(p.wait(), 10)
-    if p.returncode != 0:
-        raise RuntimeError(f"loadgen exited {p.returncode}: {err.decode()[-2000:]}")
-    result: dict[str, Any] = json.loads(out)
-    return result
+    if stop and p.returncode is None:
+        p.send_signal(signal.SIGTERM)
+    return await collect_json(p, timeout_s, "loadgen")
 
 
 async def _get(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
