@@ -420,3 +420,16 @@ class GuardedResolver(AbstractResolver):
     async def close(self) -> None:
         if self._owns_inner and self._inner is not None:
             await self._inner.close()
+
+
+def refused_address(host: str, allow_networks: Sequence[str]) -> str | None:
+    """Why a URL whose host is an IP address (in any spelling the address guard reads)
+    can never be reached under the address policy, or None: the 422 of endpoint and token
+    URLs. A name is checked at connect time only: what it resolves to may change."""
+    ip = parse_host_address(host)
+    if ip is None or AddressPolicy(allow_networks).is_allowed(ip):
+        return None
+    return (
+        f"the address {address_text(ip)} ({classify(ip)}) is refused by the address "
+        f"policy; add its network to {_SETTING} to allow it"
+    )

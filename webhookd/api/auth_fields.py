@@ -194,13 +194,9 @@ def _token_url_ok(text: str, config: Config, problems: Problems) -> bool:
             loc, "https is required; set security.https_only: false in the config to allow http"
         )
         return False
-    ip = netguard.parse_host_address(url.raw_host or "")
-    if ip is not None and not netguard.AddressPolicy(config.security.allow_networks).is_allowed(ip):
-        problems.add(
-            loc,
-            f"the address {netguard.address_text(ip)} ({netguard.classify(ip)}) is refused by "
-            "the address policy; add its network to security.allow_networks to allow it",
-        )
+    refused = netguard.refused_address(url.raw_host or "", config.security.allow_networks)
+    if refused is not None:
+        problems.add(loc, refused)
         return False
     return True
 

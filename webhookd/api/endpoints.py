@@ -97,24 +97,11 @@ def check_url(value: Any, config: Config, problems: Problems) -> str | None:
             "https is required; set security.https_only: false in the config to allow http",
         )
         return None
-    refused = refused_address(url.raw_host or "", config)
+    refused = netguard.refused_address(url.raw_host or "", config.security.allow_networks)
     if refused is not None:
         problems.add(loc, refused)
         return None
     return text
-
-
-def refused_address(host: str, config: Config) -> str | None:
-    """Why a URL whose host is an IP address (in any spelling the address guard reads)
-    can never be delivered to under the address policy, or None. A name is checked at
-    connect time only: what it resolves to may change."""
-    ip = netguard.parse_host_address(host)
-    if ip is None or netguard.AddressPolicy(config.security.allow_networks).is_allowed(ip):
-        return None
-    return (
-        f"the address {netguard.address_text(ip)} ({netguard.classify(ip)}) is refused by "
-        "the address policy; add its network to security.allow_networks to allow it"
-    )
 
 
 def check_events(value: Any, store: Store, problems: Problems) -> list[str] | None:
